@@ -1,0 +1,46 @@
+"""Re-execute notebooks in place, keeping only the outputs that do not depend on weights.
+
+Cells tagged ``nbval-check-output`` (shapes, parameter counts, configs) keep their
+outputs, which nbval then re-checks in ``make test``; every other output is cleared,
+so no picture or number computed from untrained weights is ever committed.
+
+    python scripts/execute_notebooks.py notebooks/*.ipynb
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+KEEP_TAG = "nbval-check-output"
+
+
+def keeps_output(cell: nbformat.NotebookNode) -> bool:
+    return KEEP_TAG in cell.get("metadata", {}).get("tags", [])
+
+
+def execute_in_place(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.execution_count = None
+            cell.outputs = [o for o in cell.outputs if o.get("name") != "stderr"] if keeps_output(cell) else []
+            for output in cell.outputs:
+                if output.output_type == "execute_result":
+                    output.execution_count = None
+    notebook.metadata.pop("widgets", None)
+    nbformat.write(notebook, path)
+    print(f"executed {path}")
+
+
+if __name__ == "__main__":
+    paths = [Path(p) for p in sys.argv[1:]]
+    if not paths:
+        sys.exit("usage: execute_notebooks.py NOTEBOOK.ipynb ...")
+    for notebook_path in paths:
+        execute_in_place(notebook_path)
