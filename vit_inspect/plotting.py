@@ -52,3 +52,16 @@ def plot_top_k(topk: TopK, image: int = 0, ax: Axes | None = None, title: str = 
     ax.set_xlabel("probability")
     ax.set_title(title)
     return ax.figure
+
+
+def plot_heatmap_overlay(crop: Image.Image, heat: np.ndarray, ax: Axes | None = None,
+                         title: str = "", alpha: float = 0.55, cmap: str = "inferno") -> Figure:
+    """A (rows, cols) map stretched over the crop, each cell covering its patch exactly."""
+    ax = _ax(ax)
+    width, height = crop.size
+    ax.imshow(crop)
+    ax.imshow(np.asarray(heat), cmap=cmap, alpha=alpha, extent=(0, width, height, 0),
+              interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title)
+    return ax.figure

@@ -12,6 +12,7 @@ from torch import nn
 from .errors import VitInspectError
 from .images import preprocess
 from .labels import top_k
+from .model_info import patch_size_of
 from .plotting import new_axes, plot_patch_overlay, plot_top_k, untrained_title
 from .weights import Provenance
 
@@ -28,10 +29,6 @@ class ReportData:
     patch_size: int
     logits: torch.Tensor                      # (1, num_classes)
     extra: dict = field(default_factory=dict)  # further analyses, keyed by name
-
-
-def patch_size_of(model: nn.Module) -> int:
-    return int(model.patch_embed.patch_size[0])
 
 
 @torch.inference_mode()
