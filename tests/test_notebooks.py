@@ -1,0 +1,82 @@
+"""Notebook hygiene: no redefined helpers, no stale or weight-dependent stored outputs.
+
+nbval (``make test``) re-executes every notebook; these checks cover what it cannot.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import vit_inspect
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+KEEP_TAG = "nbval-check-output"
+
+
+def package_names() -> set[str]:
+    """Every function and class name defined anywhere in vit_inspect."""
+    names = set()
+    for info in pkgutil.iter_modules(vit_inspect.__path__):
+        if info.name in ("__main__", "bench"):
+            continue
+        module = importlib.import_module(f"vit_inspect.{info.name}")
+        names |= {n for n, v in vars(module).items()
+                  if callable(v) and getattr(v, "__module__", "") == module.__name__}
+    return names
+
+
+def code_of(cell) -> str:
+    """Cell source without IPython magics and shell escapes, which ast cannot parse."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line
+                     for line in cell.source.splitlines())
+
+
+def defined_names(notebook) -> set[str]:
+    names = set()
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            names |= {node.name for node in ast.walk(ast.parse(code_of(cell)))
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    return names
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 5
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_redefines_nothing_from_the_package(path):
+    clash = defined_names(nbformat.read(path, as_version=4)) & package_names()
+    assert not clash, f"{path.name} redefines {sorted(clash)}; import them from vit_inspect"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_outputs_are_only_weight_independent(path):
+    for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        if cell.cell_type != "code":
+            continue
+        kept = KEEP_TAG in cell.metadata.get("tags", [])
+        assert kept or not cell.outputs, f"{path.name} cell {index} stores outputs; run `make notebooks`"
+        assert cell.execution_count is None, f"{path.name} cell {index} has a stale execution count"
+        for output in cell.outputs:
+            assert "image/png" not in output.get("data", {}), f"{path.name} cell {index} stores a picture"
+            assert output.get("name") != "stderr", f"{path.name} cell {index} stores stderr"
+            assert "UNTRAINED" not in str(output), f"{path.name} cell {index} stores untrained output"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_opens_with_title_prerequisite_and_one_imports_cell(path):
+    cells = nbformat.read(path, as_version=4).cells
+    intro, imports = cells[0], cells[1]
+    assert intro.cell_type == "markdown" and intro.source.startswith("# ")
+    assert "Prerequisite" in intro.source
+    assert imports.cell_type == "code" and "import" in imports.source
+    later_imports = [i for i, c in enumerate(cells[2:], 2)
+                     if c.cell_type == "code" and any(isinstance(n, (ast.Import, ast.ImportFrom))
+                                                      for n in ast.walk(ast.parse(code_of(c))))]
+    assert not later_imports, f"{path.name}: imports outside the imports cell in cells {later_imports}"
