@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,3 +99,24 @@ def test_top_k_names_and_order():
     assert result.names[0][0] == "dome"
     assert torch.all(result.probs[:, :-1] >= result.probs[:, 1:])
     torch.testing.assert_close(result.probs[0, 0], logits[0].softmax(-1)[538])
+
+
+def test_download_offline_is_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["download"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cannot reach the Hugging Face hub" in err and "\n" not in err
+
+
+def test_download_prints_the_path_to_pass(monkeypatch, tmp_path, capsys):
+    """Network simulated: the hub client is replaced by a copy into --to."""
+    def fake_download(repo_id, filename, local_dir=None):
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"weights")
+        return str(target)
+
+    monkeypatch.setattr("vit_inspect.weights.hub_reachable", lambda: True)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
+    assert main(["download", "--to", str(tmp_path / "w")]) == 0
+    assert f"weights=: {tmp_path / 'w' / 'model.safetensors'}" in capsys.readouterr().out
