@@ -47,8 +47,9 @@ def plot_top_k(topk: TopK, image: int = 0, ax: Axes | None = None, title: str = 
     """Horizontal bar chart of the top-k probabilities of one image."""
     ax = _ax(ax)
     rows = topk.rows(image)[::-1]
-    ax.barh([f"{r['label'][:28]} ({r['index']})" for r in rows], [r["probability"] for r in rows])
-    ax.set_xlim(0, 1)
+    bars = ax.barh([f"{r['label'][:28]} ({r['index']})" for r in rows], [r["probability"] for r in rows])
+    ax.bar_label(bars, labels=[f"{r['probability']:.1%}" for r in rows], padding=3)
+    ax.set_xlim(0, 1.15)
     ax.set_xlabel("probability")
     ax.set_title(title)
     return ax.figure
