@@ -1,0 +1,63 @@
+"""Step 5: the classification head by hand, class token vs mean pooling."""
+import pytest
+import torch
+from torch.testing import assert_close
+
+from vit_inspect import (POOLINGS, VitInspectError, classify_by_hand, create_untrained, head_by_hand,
+                         pool_tokens, preprocess, sample_images)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return create_untrained("vit_tiny_patch16_224", seed=6)
+
+
+@pytest.fixture(scope="module")
+def images(tiny):
+    return torch.cat([preprocess(path, tiny).tensor for path in sample_images()[:3]])
+
+
+def test_class_token_head_by_hand_equals_the_model(tiny, images):
+    with torch.no_grad():
+        result = classify_by_hand(tiny, images)
+        expected = tiny(images)
+    assert result["logits"].shape == (3, 1000)
+    assert_close(result["logits"], expected)
+    assert_close(result["probs"].sum(dim=-1), torch.ones(3))
+
+
+def test_head_from_the_stream_equals_forward_head(tiny, images):
+    with torch.no_grad():
+        stream = tiny.blocks(tiny._pos_embed(tiny.patch_embed(images)))
+        result = head_by_hand(tiny, stream)
+        assert_close(result["normed"], tiny.norm(stream))
+        assert_close(result["logits"], tiny.forward_head(tiny.norm(stream)))
+
+
+def test_mean_pooling_is_timm_avg_and_not_the_trained_head(tiny, images):
+    with torch.no_grad():
+        stream = tiny.blocks(tiny._pos_embed(tiny.patch_embed(images)))
+        avg = head_by_hand(tiny, stream, "avg")
+        assert_close(avg["pooled"], tiny.pool(tiny.norm(stream), pool_type="avg"))
+        avg_all = head_by_hand(tiny, stream, "avg_all")
+        assert_close(avg_all["pooled"], tiny.norm(stream).mean(dim=1))
+        for wrong in (avg, avg_all):
+            with pytest.raises(AssertionError):
+                assert_close(wrong["logits"], tiny(images))
+
+
+def test_a_batch_gives_the_same_logits_as_one_image_at_a_time(tiny, images):
+    with torch.no_grad():
+        batch = classify_by_hand(tiny, images)["logits"]
+        single = torch.cat([classify_by_hand(tiny, images[i:i + 1])["logits"] for i in range(3)])
+    assert_close(batch, single, rtol=1e-4, atol=1e-5)
+
+
+def test_pool_tokens_and_unknown_pooling():
+    tokens = torch.arange(12.0).reshape(1, 3, 4)
+    assert set(POOLINGS) == {"token", "avg", "avg_all"}
+    assert_close(pool_tokens(tokens, "token"), tokens[:, 0])
+    assert_close(pool_tokens(tokens, "avg"), torch.tensor([[6.0, 7.0, 8.0, 9.0]]))
+    assert_close(pool_tokens(tokens, "avg_all"), torch.tensor([[4.0, 5.0, 6.0, 7.0]]))
+    with pytest.raises(VitInspectError, match="unknown pooling"):
+        pool_tokens(tokens, "max")

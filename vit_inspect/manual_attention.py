@@ -1,0 +1,116 @@
+"""Step 3: one block's multi-head self-attention computed by hand, and the course's mistakes.
+
+Correct order: norm1 -> qkv linear -> split heads -> q k^T / sqrt(d) -> softmax -> A v
+-> merge heads -> proj.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .attention import fused_attention
+from .errors import VitInspectError
+
+MISTAKES = ("skip_norm1", "no_scale", "no_softmax", "divide_after_softmax")
+MISTAKE_DESCRIPTIONS = {
+    "skip_norm1": "qkv applied to z, skipping the block's LayerNorm (norm1)",
+    "no_scale": "scores q k^T not scaled by 1/sqrt(d)",
+    "no_softmax": "scaled scores used as weights, no softmax",
+    "divide_after_softmax": "softmax(q k^T) divided by sqrt(D) after the softmax",
+}
+
+
+def _check_mistake(mistake: str | None) -> None:
+    if mistake is not None and mistake not in MISTAKES:
+        raise VitInspectError(f"unknown attention mistake {mistake!r}; choose from {', '.join(MISTAKES)}")
+
+
+def _weights_from_scores(scores: torch.Tensor, mistake: str | None, D: int) -> torch.Tensor:
+    if mistake == "no_softmax":
+        return scores
+    weights = scores.softmax(dim=-1)
+    if mistake == "divide_after_softmax":
+        return weights / math.sqrt(D)
+    return weights
+
+
+def attention_by_hand(block: nn.Module, x: torch.Tensor, mistake: str | None = None) -> dict[str, torch.Tensor]:
+    """Block ``block``'s attention branch on the residual stream ``x`` (B, N, D), by hand.
+
+    Returns normed (B, N, D), qkv (B, N, 3D), q/k/v (B, H, N, d), scores (B, H, N, N)
+    (already scaled), attn (B, H, N, N), merged (B, N, D) and out (B, N, D), where
+    ``out`` equals timm's ``block.attn(block.norm1(x))``. ``mistake`` (one of
+    :data:`MISTAKES`) reproduces a course mistake instead.
+    """
+    _check_mistake(mistake)
+    attn = block.attn
+    B, N, D = x.shape
+    H, d = attn.num_heads, attn.head_dim
+    normed = x if mistake == "skip_norm1" else block.norm1(x)
+    qkv = attn.qkv(normed)  # (B, N, 3*H*d)
+    q, k, v = qkv.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    scale = 1.0 if mistake in ("no_scale", "divide_after_softmax") else d ** -0.5
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, N, N)
+    weights = _weights_from_scores(scores, mistake, D)  # (B, H, N, N)
+    merged = (weights @ v).transpose(1, 2).reshape(B, N, H * d)  # (B, N, H*d)
+    out = attn.proj(attn.norm(merged))  # (B, N, D)
+    return {"normed": normed, "qkv": qkv, "q": q, "k": k, "v": v, "scores": scores,
+            "attn": weights, "merged": merged, "out": out}
+
+
+def timm_attention_weights(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The attention weights timm itself computes in ``block.attn(block.norm1(x))``: (B, H, N, N).
+
+    Fused attention is switched off for the call (and restored), and a forward hook on
+    ``attn_drop`` records its output; the hook is removed even if the forward fails.
+    """
+    recorded: list[torch.Tensor] = []
+    handle = block.attn.attn_drop.register_forward_hook(lambda _m, _i, out: recorded.append(out.detach()))
+    try:
+        with fused_attention(block, enabled=False):
+            block.attn(block.norm1(x))
+    finally:
+        handle.remove()
+    if len(recorded) != 1:
+        raise VitInspectError(f"expected one attention map from the block, recorded {len(recorded)}")
+    return recorded[0]
+
+
+def mistake_errors(block: nn.Module, x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """How far each mistake lands from the correct computation (0-dim tensors).
+
+    ``{mistake: {"out": ||out_m - out|| / ||out||, "attn": max |A_m - A|}}``.
+    """
+    right = attention_by_hand(block, x)
+    errors = {}
+    for mistake in MISTAKES:
+        wrong = attention_by_hand(block, x, mistake)
+        errors[mistake] = {
+            "out": (wrong["out"] - right["out"]).norm() / right["out"].norm(),
+            "attn": (wrong["attn"] - right["attn"]).abs().max(),
+        }
+    return errors
+
+
+def token_index(row: int, col: int, grid: tuple[int, int], num_prefix: int = 1) -> int:
+    """Index in the token sequence of patch (row, col); prefix tokens come first."""
+    gh, gw = grid
+    if not (0 <= row < gh and 0 <= col < gw):
+        raise VitInspectError(f"patch ({row}, {col}) is outside the {gh}x{gw} grid")
+    return num_prefix + row * gw + col
+
+
+def query_attention_maps(attn: torch.Tensor, query: int, grid: tuple[int, int],
+                         num_prefix: int = 1, image: int = 0) -> torch.Tensor:
+    """Attention of token ``query`` over the patch keys, per head: (H, gh, gw).
+
+    ``attn`` is (B, H, N, N); the prefix-token keys are left out.
+    """
+    gh, gw = grid
+    if not 0 <= query < attn.shape[-2]:
+        raise VitInspectError(f"query token {query} is outside the sequence of {attn.shape[-2]} tokens")
+    row = attn[image, :, query, num_prefix:]  # (H, gh*gw)
+    return row.reshape(row.shape[0], gh, gw)  # (H, gh, gw)
