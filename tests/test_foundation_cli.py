@@ -13,19 +13,9 @@ from PIL import Image
 from vit_inspect import class_name, load_vit, preprocess, sample_images, top_k
 from vit_inspect.cli import main
 
-from .image_kinds import write_invalid_images, write_valid_images
+
 
 TINY = "vit_tiny_patch16_224"
-
-
-@pytest.fixture(scope="module")
-def valid(tmp_path_factory):
-    return write_valid_images(tmp_path_factory.mktemp("valid"))
-
-
-@pytest.fixture(scope="module")
-def invalid(tmp_path_factory):
-    return write_invalid_images(tmp_path_factory.mktemp("invalid"))
 
 
 def report(image, out, *extra) -> int:

@@ -9,17 +9,7 @@ from timm.data import create_transform, resolve_model_data_config
 
 from vit_inspect import ImageError, load_image, preprocess, sample_images, tensor_to_image, to_rgb
 
-from .image_kinds import RED, reference_grey, write_invalid_images, write_valid_images
-
-
-@pytest.fixture(scope="module")
-def valid(tmp_path_factory):
-    return write_valid_images(tmp_path_factory.mktemp("valid"))
-
-
-@pytest.fixture(scope="module")
-def invalid(tmp_path_factory):
-    return write_invalid_images(tmp_path_factory.mktemp("invalid"))
+from .image_kinds import RED, reference_grey
 
 
 @pytest.mark.parametrize("kind", ["rgba", "la", "palette_transparent", "greyscale", "grey16",
