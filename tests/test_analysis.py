@@ -1,0 +1,160 @@
+"""Attention rollout and mean attention distance: properties and small hand examples."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from vit_inspect import VitInspectError, sample_images
+from vit_inspect.analysis import (HEAD_FUSIONS, attention_rollout, average_attention_distance,
+                                  discard_lowest, fuse_heads, grid_argmax, image_batches,
+                                  mean_attention_distance, patch_centres, rollout_to_grid,
+                                  uniform_attention_distance)
+from vit_inspect.capture import capture
+
+
+def random_attention(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Row-stochastic (..., N, N) weights, like a softmax output."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).mul(3).softmax(dim=-1)
+
+
+def one_head(*layers: list[list[float]]) -> torch.Tensor:
+    """(1, L, 1, N, N) from L hand-written N x N matrices."""
+    return torch.tensor(layers, dtype=torch.float64)[None, :, None]
+
+
+# ---------------------------------------------------------------- rollout
+
+@pytest.mark.parametrize("head_fusion", HEAD_FUSIONS)
+@pytest.mark.parametrize("discard_ratio", [0.0, 0.5, 0.9])
+def test_rollout_rows_sum_to_one(head_fusion, discard_ratio):
+    rollout = attention_rollout(random_attention(3, 4, 5, 9, 9), head_fusion, discard_ratio)
+    assert rollout.shape == (3, 9, 9) and (rollout >= 0).all()
+    torch.testing.assert_close(rollout.sum(dim=-1), torch.ones(3, 9))
+
+
+def test_rollout_of_identity_attention_is_identity():
+    attention = torch.eye(7).expand(2, 6, 3, 7, 7)
+    torch.testing.assert_close(attention_rollout(attention), torch.eye(7).expand(2, 7, 7))
+
+
+def test_rollout_small_hand_example_later_layers_on_the_left():
+    # layer 0: both tokens attend to token 0; layer 1: both attend to token 1
+    attention = one_head([[1, 0], [1, 0]], [[0, 1], [0, 1]])
+    # (A + I) row-normalised: layer 0 -> [[1, 0], [.5, .5]], layer 1 -> [[.5, .5], [0, 1]]
+    # R = A1' A0' = [[.5*1 + .5*.5, .5*.5], [.5, .5]]
+    expected = torch.tensor([[[0.75, 0.25], [0.5, 0.5]]], dtype=torch.float64)
+    torch.testing.assert_close(attention_rollout(attention), expected)
+
+
+def test_head_fusions_on_a_hand_example():
+    heads = torch.tensor([[[0.9, 0.1], [0.2, 0.8]], [[0.3, 0.7], [0.6, 0.4]]])  # (H, N, N)
+    torch.testing.assert_close(fuse_heads(heads, "mean"), torch.tensor([[0.6, 0.4], [0.4, 0.6]]))
+    torch.testing.assert_close(fuse_heads(heads, "max"), torch.tensor([[0.9, 0.7], [0.6, 0.8]]))
+    torch.testing.assert_close(fuse_heads(heads, "min"), torch.tensor([[0.3, 0.1], [0.2, 0.4]]))
+    rollout = attention_rollout(heads[None, None], head_fusion="max")  # max + I = [[1.9, .7], [.6, 1.8]]
+    torch.testing.assert_close(rollout[0], torch.tensor([[1.9 / 2.6, 0.7 / 2.6], [0.6 / 2.4, 1.8 / 2.4]]))
+    with pytest.raises(VitInspectError, match="head_fusion"):
+        attention_rollout(heads[None, None], head_fusion="median")
+
+
+def test_discard_zeroes_the_weakest_links_only():
+    fused = torch.tensor([[[0.6, 0.4], [0.1, 0.9]]])
+    kept = fused.clone()
+    torch.testing.assert_close(discard_lowest(fused, 0.25), torch.tensor([[[0.6, 0.4], [0.0, 0.9]]]))
+    torch.testing.assert_close(discard_lowest(fused, 0.5), torch.tensor([[[0.6, 0.0], [0.0, 0.9]]]))
+    assert torch.equal(fused, kept)
+    # with the 0.1 discarded, token 1 keeps only itself: (0 + .9 + 1) / 1.9 on the diagonal
+    rollout = attention_rollout(one_head([[0.6, 0.4], [0.1, 0.9]]), discard_ratio=0.25)
+    torch.testing.assert_close(rollout[0, 1], torch.tensor([0.0, 1.0], dtype=torch.float64))
+    with pytest.raises(VitInspectError, match="discard_ratio"):
+        attention_rollout(one_head([[1, 0], [0, 1]]), discard_ratio=1.0)
+
+
+def test_rollout_is_batched():
+    attention = random_attention(3, 4, 2, 6, 6, seed=3)
+    one_by_one = torch.cat([attention_rollout(attention[i:i + 1], "min", 0.3) for i in range(3)])
+    torch.testing.assert_close(attention_rollout(attention, "min", 0.3), one_by_one)
+
+
+@pytest.mark.parametrize("prefix", [1, 2, 5])
+def test_rollout_to_grid_takes_the_class_row_over_patches_row_major(prefix):
+    gh, gw = 3, 4
+    N = prefix + gh * gw
+    rollout = torch.zeros(2, N, N)
+    for row, col in itertools.product(range(gh), range(gw)):
+        rollout[:, 0, prefix + row * gw + col] = 10 * row + col
+    grid = rollout_to_grid(rollout, (gh, gw), prefix)
+    assert grid.shape == (2, gh, gw)
+    assert grid[1, 2, 3] == 23 and grid[0, 1, 0] == 10
+    assert grid_argmax(grid).tolist() == [[2, 3], [2, 3]]
+    with pytest.raises(VitInspectError, match="prefix"):
+        rollout_to_grid(rollout, (gh, gw + 1), prefix)
+
+
+# ---------------------------------------------------------------- mean attention distance
+
+def test_patch_centres_are_pixel_centres_row_major():
+    centres = patch_centres((2, 3), 16)
+    assert centres.tolist() == [[8, 8], [8, 24], [8, 40], [24, 8], [24, 24], [24, 40]]
+
+
+@pytest.mark.parametrize("prefix", [0, 1, 5])
+def test_attention_on_self_is_zero_pixels(prefix):
+    N = prefix + 12
+    attention = torch.eye(N).expand(2, 3, 4, N, N)
+    distance = mean_attention_distance(attention, (3, 4), 16, prefix)
+    assert distance.shape == (2, 3, 4)
+    torch.testing.assert_close(distance, torch.zeros(2, 3, 4))
+
+
+@pytest.mark.parametrize("grid, patch_size, prefix", [((3, 4), 16, 1), ((2, 5), 32, 2), ((4, 4), 14, 5)])
+def test_uniform_attention_gives_the_mean_pairwise_distance(grid, patch_size, prefix):
+    gh, gw = grid
+    cells = list(itertools.product(range(gh), range(gw)))
+    by_hand = sum(math.dist(a, b) for a in cells for b in cells) / len(cells) ** 2 * patch_size
+    N = prefix + gh * gw
+    uniform = torch.full((1, 2, 3, N, N), 1.0 / N, dtype=torch.float64)  # prefix keys get mass too
+    distance = mean_attention_distance(uniform, grid, patch_size, prefix)
+    torch.testing.assert_close(distance, torch.full((1, 2, 3), by_hand, dtype=torch.float64))
+    assert uniform_attention_distance(grid, patch_size) == pytest.approx(by_hand)
+
+
+def test_hand_example_prefix_keys_dropped_and_rows_renormalised():
+    # grid 1 x 2 with 16-px patches: the two centres are 16 px apart; token 0 is the class token
+    attention = torch.tensor([[[0.2, 0.2, 0.6],   # class-token query: ignored
+                              [0.5, 0.125, 0.375],  # patch 0: .25 / .75 of its patch mass -> 12 px
+                              [0.9, 0.1, 0.0]]])    # patch 1: all patch mass on patch 0 -> 16 px
+    distance = mean_attention_distance(attention, (1, 2), 16, num_prefix_tokens=1)
+    torch.testing.assert_close(distance, torch.tensor([(12.0 + 16.0) / 2]))
+    attention[0, 0] = torch.tensor([1.0, 0.0, 0.0])  # what the class token does changes nothing
+    torch.testing.assert_close(mean_attention_distance(attention, (1, 2), 16, 1), torch.tensor([14.0]))
+
+
+def test_distance_rejects_a_grid_that_does_not_fit():
+    with pytest.raises(VitInspectError, match="prefix"):
+        mean_attention_distance(torch.eye(10).expand(1, 1, 10, 10), (3, 3), 16, 2)
+
+
+def test_average_over_batches_streams_to_the_mean_over_all_images(small_model):
+    paths = sample_images()[:3]
+    batches = list(image_batches(paths, small_model, batch_size=2))
+    assert [b.shape[0] for b in batches] == [2, 1]
+
+    class Counter:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    counter = Counter()
+    streamed = average_attention_distance(small_model, iter(batches), progress=counter)
+    everything = capture(small_model, torch.cat(batches))["attention"]  # (3, L, H, N, N)
+    at_once = mean_attention_distance(everything, (14, 14), 16, 1).mean(dim=0)  # (L, H)
+    torch.testing.assert_close(streamed, at_once)
+    assert counter.n == 3 and streamed.shape == (12, 3)
+    assert ((streamed > 0) & (streamed < math.hypot(224, 224))).all()
+    with pytest.raises(VitInspectError, match="no images"):
+        average_attention_distance(small_model, iter([]))

@@ -1,0 +1,251 @@
+"""Speed and memory of ``capture`` and the analyses, as side-by-side ratios.
+
+    python -m vit_inspect.bench        (also: make bench)
+
+The machine may be shared and noisy, so every figure is a ratio measured in one
+process on the same inputs: the candidates run interleaved, once each per round, in a
+rotating order; after a warm-up, the median of the per-round ratios is printed with
+its min-max. The reference is the faster (by median) of the plain fused and the plain
+unfused ``model(x)``. Weights are untrained and inputs random: the amount of arithmetic,
+hence the speed, does not depend on their values.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import timm
+import torch
+from torch import nn
+
+from .analysis import attention_rollout, mean_attention_distance
+from .attention import fused_attention
+from .capture import capture
+from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
+from .weights import create_untrained
+
+BENCH_MODEL = "vit_base_patch16_224"
+VIT_B16_GFLOPS = 35.1  # ViT-B/16 at 224x224: 17.56 G multiply-adds per image
+MATMUL_SIDE = 4096
+
+
+def timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], rounds: int,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per round for each candidate; all run once per round, the order rotated."""
+    names = list(candidates)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(warmup + rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds = timed(candidates[name])
+            if round_index >= warmup:
+                times[name].append(seconds)
+    return times
+
+
+def plain_reference(times: dict[str, list[float]]) -> str:
+    """The faster of the plain fused and unfused forwards, by median."""
+    return min(("plain fused", "plain unfused"), key=lambda name: statistics.median(times[name]))
+
+
+def ratio_line(label: str, numerator: list[float], denominator: list[float]) -> str:
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    return (f"  {label:<44} {statistics.median(ratios):5.3f}x  "
+            f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} pairs)")
+
+
+def forwards(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, Callable[[], None]]:
+    """The plain fused and unfused forward passes over ``batches``."""
+    def plain(fused: bool) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode(), fused_attention(model, enabled=fused):
+                for images in batches:
+                    model(images)
+        return run
+    return {"plain fused": plain(True), "plain unfused": plain(False)}
+
+
+def attention_extract(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """timm's AttentionExtract (fx) for the same outputs: logits and all layers stacked."""
+    from timm.utils import AttentionExtract
+    with fused_attention(model, enabled=False):  # traced once, with the explicit softmax
+        extractor = AttentionExtract(model, names=["*attn.softmax", "head"], method="fx")
+    softmax_names = [name for name in extractor.names if name.endswith("softmax")]
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out = extractor(images)
+            return torch.stack([out[name] for name in softmax_names], dim=1)  # (B, L, H, N, N)
+    return run
+
+
+def bench_capture(model: nn.Module, batch: int, rounds: int) -> dict[str, list[float]]:
+    images = torch.randn(batch, 3, 224, 224)
+    extract = attention_extract(model)
+    candidates = {**forwards(model, [images]), "capture": lambda: capture(model, images),
+                  "AttentionExtract": lambda: extract(images)}
+    times = interleaved(candidates, rounds)
+    reference = plain_reference(times)
+    print(f"\ncapture of all layers' attention + logits, batch {batch} "
+          f"(reference: {reference}, median {statistics.median(times[reference]):.3f} s)")
+    print(ratio_line("capture / plain forward", times["capture"], times[reference]))
+    print(ratio_line("AttentionExtract + stack / plain forward", times["AttentionExtract"], times[reference]))
+    print(ratio_line("capture / AttentionExtract + stack", times["capture"], times["AttentionExtract"]))
+    print(ratio_line("plain unfused / plain fused", times["plain unfused"], times["plain fused"]))
+    return times
+
+
+def bench_analyses(model: nn.Module, num_images: int, batch: int, rounds: int) -> None:
+    batches = torch.randn(num_images, 3, 224, 224).split(batch)
+    grid, patch, prefix = grid_size_of(model), patch_size_of(model), num_prefix_tokens_of(model)
+
+    def analyses() -> None:
+        for images in batches:
+            attention = capture(model, images)["attention"]  # (B, L, H, N, N)
+            attention_rollout(attention)
+            mean_attention_distance(attention, grid, patch, prefix)
+
+    plain = forwards(model, list(batches))
+    for run in (*forwards(model, [batches[0]]).values(), lambda: capture(model, batches[0])):
+        run()  # warm-up: one batch of each is enough after the capture figures
+    times = interleaved({**plain, "analyses": analyses}, rounds, warmup=0)
+    reference = plain_reference(times)
+    print(f"\ncapture + rollout + mean attention distance for {num_images} images in batches of {batch} "
+          f"(reference: {num_images} {reference} forwards, median {statistics.median(times[reference]):.1f} s)")
+    print(ratio_line(f"analyses / {num_images} plain forwards", times["analyses"], times[reference]))
+
+
+def forward_gflops(model: nn.Module) -> float:
+    """Floating-point operations (2 per multiply-add) of one image's forward pass, in GFLOPs.
+
+    Patch embedding, per block qkv/proj/MLP linears and the two attention products, the head.
+    """
+    gh, gw = grid_size_of(model)
+    N, D, P = num_prefix_tokens_of(model) + gh * gw, model.embed_dim, patch_size_of(model)
+    hidden = model.blocks[0].mlp.fc1.out_features
+    per_block = 2 * N * (4 * D * D + 2 * D * hidden) + 2 * 2 * N * N * D
+    embed = 2 * gh * gw * D * 3 * P * P
+    head = 2 * D * getattr(model, "num_classes", 0)
+    return (embed + len(model.blocks) * per_block + head) / 1e9
+
+
+def bench_gflops(model: nn.Module, times: dict[str, list[float]], batch: int, rounds: int) -> None:
+    a, b = torch.randn(MATMUL_SIDE, MATMUL_SIDE), torch.randn(MATMUL_SIDE, MATMUL_SIDE)
+    matmul = interleaved({"matmul": lambda: a @ b}, rounds)["matmul"]
+    matmul_gflops = 2 * MATMUL_SIDE ** 3 / 1e9
+    per_image = forward_gflops(model)
+    print(f"\nachieved GFLOP/s of the plain forward at batch {batch} ({per_image:.1f} GFLOPs per image; "
+          f"ViT-B/16 at 224 is about {VIT_B16_GFLOPS}), against a large matmul:")
+    for name in ("plain fused", "plain unfused"):
+        seconds = statistics.median(times[name])
+        print(f"  {name:<44} {per_image * batch / seconds:6.1f} GFLOP/s (median)")
+    print(f"  {f'float32 matmul {MATMUL_SIDE}x{MATMUL_SIDE} @ {MATMUL_SIDE}x{MATMUL_SIDE}':<44} "
+          f"{matmul_gflops / statistics.median(matmul):6.1f} GFLOP/s (median), "
+          f"{matmul_gflops / min(matmul):.1f} best of {len(matmul)}")
+
+
+def _status_kib(field: str) -> int:
+    """A ``kB`` field of /proc/self/status (Linux), e.g. VmRSS or VmHWM."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the peak RSS (VmHWM) to the current RSS; False where Linux does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_probe(kind: str, batch: int, model_name: str) -> dict:
+    """Peak resident memory growth of one ``kind`` run in this (fresh) process, in KiB.
+
+    The peak (VmHWM) is reset through /proc/self/clear_refs just before the run, so model
+    construction does not mask it (``ru_maxrss`` cannot be reset; it is reported too).
+    """
+    model = create_untrained(model_name)
+    images = torch.randn(batch, 3, 224, 224)
+    if kind == "capture":
+        run = lambda: capture(model, images)  # noqa: E731
+    elif kind == "AttentionExtract":
+        extract = attention_extract(model)
+        run = lambda: extract(images)  # noqa: E731
+    else:
+        run = forwards(model, [images])["plain fused"]
+    reset = _reset_peak_rss()
+    before = _status_kib("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kept = run()  # the outputs stay alive until the peak is read, as they would for a caller
+    peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    del kept
+    return {"kind": kind, "rss_before_kib": before, "peak_kib": peak, "peak_was_reset": reset,
+            "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+
+
+def bench_memory(batch: int, model_name: str) -> None:
+    print(f"\npeak memory at batch {batch}: growth of the peak resident set size over one run, each in a "
+          "fresh subprocess\n  (Linux VmHWM, reset via /proc/self/clear_refs after the model is built; "
+          "outputs kept alive until the peak is read):")
+    for kind in ("plain fused", "capture", "AttentionExtract"):
+        command = [sys.executable, "-m", "vit_inspect.bench", "--memory-probe", kind,
+                   "--batch", str(batch), "--model", model_name]
+        probe = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        growth = (probe["peak_kib"] - probe["rss_before_kib"]) / 1024
+        caveat = "" if probe.get("peak_was_reset", True) else " - peak NOT reset: ru_maxrss growth, a lower bound"
+        print(f"  {kind:<44} +{growth:6.0f} MiB (peak {probe['peak_kib'] / 1024:.0f} MiB){caveat}")
+
+
+def print_header(model_name: str) -> None:
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"vit-inspect benchmark, {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), timm {timm.__version__}, Python {platform.python_version()}")
+    print(f"model: {model_name} with UNTRAINED (random, seeded) weights and random inputs - "
+          "speed does not depend on the values")
+    print(f"load average (1, 5, 15 min) at start: {load}; the machine may be shared, so only "
+          "ratios measured side by side are reported")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vit_inspect.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=BENCH_MODEL)
+    parser.add_argument("--pairs", type=int, default=7, help="rounds after warm-up (default: 7)")
+    parser.add_argument("--pairs-images", type=int, default=3, help="rounds for the many-image figure (default: 3)")
+    parser.add_argument("--images", type=int, default=64, help="images for the analyses figure (default: 64)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.memory_probe, args.batch, args.model)))
+        return 0
+    print_header(args.model)
+    model = create_untrained(args.model)
+    bench_capture(model, 1, args.pairs)
+    times = bench_capture(model, args.batch, args.pairs)
+    bench_analyses(model, args.images, args.batch, args.pairs_images)
+    bench_gflops(model, times, args.batch, args.pairs)
+    bench_memory(args.batch, args.model)
+    print(f"\nload average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

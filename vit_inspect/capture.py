@@ -1,0 +1,101 @@
+"""Logits, every layer's attention weights and block outputs from ONE forward pass.
+
+Works on stock timm ViTs whatever their ``fused_attn`` setting: inside the call the
+flags are switched off (timm then computes softmax(q k^T * scale) explicitly) and a
+forward hook on each chosen block's ``attn.attn_drop`` copies its output, which in eval
+mode is exactly the attention weights. Flags and hooks are restored on exit, even after
+an exception, so the model is left exactly as it was.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .attention import fused_attention
+from .errors import VitInspectError
+
+
+def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None = None,
+            blocks: bool = False) -> dict[str, torch.Tensor]:
+    """Run ``model`` once on ``images`` (B, 3, H, W) and record what it computed.
+
+    Returns ``{"logits": (B, C), "attention": (B, L, H, N, N)}`` and, with ``blocks=True``,
+    ``"blocks": (B, L, N, D)`` (each chosen block's output). L counts the chosen
+    ``layers`` (default: all, in order); N = num_prefix_tokens + patches, prefix first.
+    The returned tensors are ordinary (not inference-mode) tensors.
+    """
+    chosen = _chosen_layers(model, layers)
+    recorders = {"attention": _Recorder(len(chosen))}
+    targets = {"attention": [_attention_module(model, i) for i in chosen]}
+    if blocks:
+        recorders["blocks"] = _Recorder(len(chosen))
+        targets["blocks"] = [model.blocks[i] for i in chosen]
+    with torch.inference_mode(), _recording(model, recorders, targets):
+        logits = model(images)  # (B, C)
+    with torch.inference_mode(False):
+        logits = logits.clone()  # a normal tensor, usable outside inference mode
+    return {"logits": logits, **{key: rec.result() for key, rec in recorders.items()}}
+
+
+def _chosen_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
+    if getattr(model, "training", False):
+        raise VitInspectError("capture needs the model in eval mode (dropout would change the "
+                              "attention weights); call model.eval() first")
+    if not isinstance(getattr(model, "blocks", None), nn.Sequential):
+        raise VitInspectError(f"{type(model).__name__} has no timm-style `blocks`; "
+                              "capture supports timm VisionTransformer models")
+    depth = len(model.blocks)
+    chosen = list(range(depth)) if layers is None else [int(i) for i in layers]
+    bad = [i for i in chosen if not 0 <= i < depth]
+    if bad or not chosen:
+        raise VitInspectError(f"layers {bad} out of range: the model has {depth} blocks, "
+                              f"numbered 0..{depth - 1}" if bad else "layers is empty")
+    return chosen
+
+
+def _attention_module(model: nn.Module, layer: int) -> nn.Module:
+    """The module whose output is layer ``layer``'s attention weights (eval mode)."""
+    attn = getattr(model.blocks[layer], "attn", None)
+    if not (hasattr(attn, "attn_drop") and hasattr(attn, "fused_attn")):
+        raise VitInspectError(f"blocks[{layer}].attn of {type(model).__name__} has no "
+                              "attn_drop/fused_attn; its attention weights cannot be captured")
+    return attn.attn_drop
+
+
+class _Recorder:
+    """Copies slot ``i``'s tensor into one preallocated (B, L, ...) output."""
+
+    def __init__(self, num_slots: int) -> None:
+        self.num_slots = num_slots
+        self.out: torch.Tensor | None = None
+        self.filled: list[int] = [0] * num_slots
+
+    def hook(self, slot: int):
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if self.out is None:
+                with torch.inference_mode(False):  # a normal tensor the caller may edit in place
+                    self.out = output.new_empty(output.shape[0], self.num_slots, *output.shape[1:])
+            self.out[:, slot].copy_(output)
+            self.filled[slot] += 1
+        return record
+
+    def result(self) -> torch.Tensor:
+        if self.out is None or self.filled != [1] * self.num_slots:
+            raise VitInspectError(f"expected each recorded layer to run once, got {self.filled} "
+                                  "calls: this model's attention does not follow timm's ViT layout")
+        return self.out
+
+
+@contextmanager
+def _recording(model: nn.Module, recorders: dict[str, _Recorder],
+               targets: dict[str, list[nn.Module]]) -> Iterator[None]:
+    """Unfused attention and forward hooks, all undone on exit (even after an exception)."""
+    with ExitStack() as undo:
+        undo.enter_context(fused_attention(model, enabled=False))
+        for key, modules in targets.items():
+            for slot, module in enumerate(modules):
+                undo.callback(module.register_forward_hook(recorders[key].hook(slot)).remove)
+        yield
