@@ -12,7 +12,7 @@ from vit_inspect.analysis import (HEAD_FUSIONS, attention_rollout, average_atten
                                   discard_lowest, fuse_heads, grid_argmax, image_batches,
                                   mean_attention_distance, patch_centres, rollout_to_grid,
                                   uniform_attention_distance)
-from vit_inspect.capture import capture
+from vit_inspect import capture
 
 
 def random_attention(*shape: int, seed: int = 0) -> torch.Tensor:

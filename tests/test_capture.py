@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from vit_inspect import VitInspectError, fused_attention_flags
-from vit_inspect.capture import capture
+from vit_inspect import capture
 
 # name, create_model kwargs, input (H, W), batch, expected prefix tokens, expected grid
 MODELS = {
@@ -187,3 +187,30 @@ def test_bench_flop_count_matches_the_known_vit_b16_figure():
     from vit_inspect.bench import VIT_B16_GFLOPS, forward_gflops
     assert forward_gflops(make_model("vit_base_patch16_224", {})) == pytest.approx(VIT_B16_GFLOPS, abs=0.05)
     assert forward_gflops(make_model("vit_base_patch32_224", {})) == pytest.approx(8.8, abs=0.1)  # timm: 4.4 GMACs
+
+
+def test_reused_output_is_written_in_place_and_equals_a_fresh_capture(tiny):
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    fresh = capture(tiny, images)["attention"]  # (B, L, H, N, N)
+    buffer = torch.full_like(fresh, float("nan"))
+    reused = capture(tiny, images, attention_out=buffer)["attention"]
+    assert reused.data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(reused, fresh, rtol=0, atol=0)
+
+
+def test_reused_output_of_the_wrong_shape_is_refused_and_model_restored(tiny):
+    flags = fused_attention_flags(tiny)
+    images = torch.randn(2, 3, 224, 224)
+    with pytest.raises(VitInspectError, match="attention_out has shape"):
+        capture(tiny, images, attention_out=torch.empty(3, 12, 3, 197, 197))
+    assert fused_attention_flags(tiny) == flags
+    assert not any(m._forward_hooks for m in tiny.modules())
+
+
+def test_streaming_reuse_takes_a_leading_slice_only_when_it_fits():
+    from vit_inspect.analysis import reusable
+    buffer = torch.empty(8, 2, 3, 197, 197)
+    assert reusable(None, 8, 197) is None
+    assert reusable(buffer, 9, 197) is None and reusable(buffer, 8, 50) is None
+    assert reusable(buffer, 5, 197).shape == (5, 2, 3, 197, 197)
+    assert reusable(buffer, 5, 197).data_ptr() == buffer.data_ptr()

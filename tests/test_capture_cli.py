@@ -12,7 +12,7 @@ from PIL import Image
 
 from vit_inspect import load_vit, preprocess, sample_images
 from vit_inspect.analysis import attention_rollout, grid_argmax, mean_attention_distance, rollout_to_grid
-from vit_inspect.capture import capture
+from vit_inspect import capture
 from vit_inspect.cli import main
 from vit_inspect.report import compute_report
 

@@ -26,4 +26,4 @@ from .posembed import (model_at_resolution, neighbour_similarity_stats, patch_po
 from .analysis import (HEAD_FUSIONS, attention_rollout, average_attention_distance, discard_lowest, fuse_heads,
                        grid_argmax, image_batches, mean_attention_distance, patch_centres, patch_distances,
                        rollout_to_grid, uniform_attention_distance)
-from .capture import capture
+from .recorder import capture

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .capture import capture
+from .recorder import capture
 from .errors import VitInspectError
 from .images import preprocess
 from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
@@ -139,6 +139,17 @@ def image_batches(paths: Sequence[str | os.PathLike], model: nn.Module,
         yield torch.cat([preprocess(path, model).tensor for path in chunk])  # (B, 3, H, W)
 
 
+def reusable(buffer: torch.Tensor | None, batch: int, tokens: int) -> torch.Tensor | None:
+    """The leading ``batch`` rows of an earlier (B, L, H, N, N) output if they fit, else None.
+
+    Streaming loops write every batch into the first batch's output: a fresh output
+    would pay a page fault per 4 KiB again and again.
+    """
+    if buffer is None or batch > buffer.shape[0] or buffer.shape[-1] != tokens:
+        return None
+    return buffer[:batch]
+
+
 def average_attention_distance(model: nn.Module, batches: Iterable[torch.Tensor],
                                progress: tqdm | None = None) -> torch.Tensor:
     """Mean attention distance per layer and head over all images of ``batches``: (L, H).
@@ -146,10 +157,12 @@ def average_attention_distance(model: nn.Module, batches: Iterable[torch.Tensor]
     Streams: one batch's attention is held at a time. ``progress`` (a tqdm bar) is
     advanced by the number of images in each batch.
     """
-    total, count = None, 0
+    total, count, buffer = None, 0, None
     for images in batches:
         grid = grid_size_of(model, images)
-        attention = capture(model, images)["attention"]  # (B, L, H, N, N)
+        reuse = reusable(buffer, images.shape[0], num_prefix_tokens_of(model) + grid[0] * grid[1])
+        attention = capture(model, images, attention_out=reuse)["attention"]  # (B, L, H, N, N)
+        buffer = attention if reuse is None else buffer
         distance = mean_attention_distance(attention, grid, patch_size_of(model),
                                            num_prefix_tokens_of(model))  # (B, L, H)
         total = distance.sum(dim=0) if total is None else total + distance.sum(dim=0)

@@ -27,9 +27,9 @@ import timm
 import torch
 from torch import nn
 
-from .analysis import attention_rollout, mean_attention_distance
+from .analysis import attention_rollout, mean_attention_distance, reusable
 from .attention import fused_attention
-from .capture import capture
+from .recorder import capture
 from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
 from .weights import create_untrained
 
@@ -97,13 +97,17 @@ def attention_extract(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor
 def bench_capture(model: nn.Module, batch: int, rounds: int) -> dict[str, list[float]]:
     images = torch.randn(batch, 3, 224, 224)
     extract = attention_extract(model)
+    reused = capture(model, images)["attention"]  # (B, L, H, N, N), written again every round
     candidates = {**forwards(model, [images]), "capture": lambda: capture(model, images),
+                  "capture, reused output": lambda: capture(model, images, attention_out=reused),
                   "AttentionExtract": lambda: extract(images)}
     times = interleaved(candidates, rounds)
     reference = plain_reference(times)
     print(f"\ncapture of all layers' attention + logits, batch {batch} "
           f"(reference: {reference}, median {statistics.median(times[reference]):.3f} s)")
     print(ratio_line("capture / plain forward", times["capture"], times[reference]))
+    print(ratio_line("capture, reused output / plain forward", times["capture, reused output"],
+                     times[reference]))
     print(ratio_line("AttentionExtract + stack / plain forward", times["AttentionExtract"], times[reference]))
     print(ratio_line("capture / AttentionExtract + stack", times["capture"], times["AttentionExtract"]))
     print(ratio_line("plain unfused / plain fused", times["plain unfused"], times["plain fused"]))
@@ -114,9 +118,14 @@ def bench_analyses(model: nn.Module, num_images: int, batch: int, rounds: int) -
     batches = torch.randn(num_images, 3, 224, 224).split(batch)
     grid, patch, prefix = grid_size_of(model), patch_size_of(model), num_prefix_tokens_of(model)
 
+    tokens = prefix + grid[0] * grid[1]
+
     def analyses() -> None:
+        buffer = None  # one output for all batches, as average_attention_distance streams
         for images in batches:
-            attention = capture(model, images)["attention"]  # (B, L, H, N, N)
+            reuse = reusable(buffer, images.shape[0], tokens)
+            attention = capture(model, images, attention_out=reuse)["attention"]  # (B, L, H, N, N)
+            buffer = attention if reuse is None else buffer
             attention_rollout(attention)
             mean_attention_distance(attention, grid, patch, prefix)
 

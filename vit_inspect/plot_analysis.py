@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .plotting import _ax, plot_heatmap_overlay
+from .plotting import axes_or_new, plot_heatmap_overlay
 
 
 def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -34,7 +34,7 @@ def plot_attention_distance(distance: torch.Tensor | np.ndarray, ax: Axes | None
 
     ``reference`` (e.g. the distance of uniform attention) is drawn as a dashed line.
     """
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     values = _numpy(distance)
     L, H = values.shape
     colours = _head_colours(H)

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from .plotting import _ax, new_axes, plot_heatmap_overlay
+from .plotting import axes_or_new, new_axes, plot_heatmap_overlay
 
 
 def _mosaic(tiles: np.ndarray, gap: int = 1, fill: float = np.nan) -> np.ndarray:
@@ -43,7 +43,7 @@ def _axes_grid(count: int, axes: Sequence[Axes] | np.ndarray | None, ncols: int,
 def plot_patch_grid(crop: Image.Image, patch_size: int, ax: Axes | None = None, title: str = "",
                     gap: int = 3) -> Figure:
     """The crop the model sees, cut into its patches, drawn as a grid of small images."""
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     pixels = np.asarray(crop, dtype=np.float64) / 255  # (H, W, 3)
     H, W, _ = pixels.shape
     p = patch_size
@@ -57,7 +57,7 @@ def plot_patch_grid(crop: Image.Image, patch_size: int, ax: Axes | None = None, 
 def plot_filter_components(components: torch.Tensor, ax: Axes | None = None, title: str = "",
                            ncols: int = 7) -> Figure:
     """Principal components (k, 3, p, p) as RGB patches, each stretched to [0, 1] on its own."""
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     comps = components.detach().float().permute(0, 2, 3, 1).numpy()  # (k, p, p, 3)
     low = comps.min(axis=(1, 2, 3), keepdims=True)
     high = comps.max(axis=(1, 2, 3), keepdims=True)
@@ -78,7 +78,7 @@ def plot_pos_embed_similarity(similarity: torch.Tensor, ax: Axes | None = None, 
     Tile (r, c) shows how similar the position embedding of patch (r, c) is to every
     other patch's; one axes, one shared colour scale from -1 to 1.
     """
-    ax = _ax(ax, size=6.0)
+    ax = axes_or_new(ax, size=6.0)
     gh, gw = similarity.shape[:2]
     ax.set_facecolor("white")
     image = ax.imshow(_mosaic(similarity.detach().float().numpy(), gap=1), cmap="viridis",
@@ -139,7 +139,7 @@ def plot_attention_mistakes(crop: Image.Image, maps: dict[str, torch.Tensor], er
 def plot_residual_norms(norms: torch.Tensor, ax: Axes | None = None, title: str = "", num_prefix: int = 1,
                         image: int = 0) -> Figure:
     """Norm of the residual stream per layer (L+1, B, N): class token vs mean over patches."""
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     norms = norms[:, image].detach().float()  # (L+1, N)
     layers = np.arange(norms.shape[0])
     ax.plot(layers, norms[:, 0].numpy(), "o-", label="class token")
@@ -155,7 +155,7 @@ def plot_residual_norms(norms: torch.Tensor, ax: Axes | None = None, title: str 
 def plot_gelu(x: torch.Tensor, exact: torch.Tensor, approx: torch.Tensor, ax: Axes | None = None,
               title: str = "") -> Figure:
     """GELU exact (erf) and its tanh approximation, with their difference on a second axis."""
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     x, exact, approx = (t.detach().float().numpy() for t in (x, exact, approx))
     ax.plot(x, exact, label="exact: x Phi(x)")
     ax.plot(x, approx, "--", label="tanh approximation")

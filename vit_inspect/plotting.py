@@ -20,7 +20,7 @@ def new_axes(nrows: int = 1, ncols: int = 1, size: float = 4.0, **kwargs) -> tup
     return fig, axes
 
 
-def _ax(ax: Axes | None, size: float = 4.0) -> Axes:
+def axes_or_new(ax: Axes | None, size: float = 4.0) -> Axes:
     return new_axes(size=size)[1][0, 0] if ax is None else ax
 
 
@@ -32,7 +32,7 @@ def untrained_title(title: str, trained: bool) -> str:
 def plot_patch_overlay(crop: Image.Image, patch_size: int, ax: Axes | None = None,
                        title: str = "") -> Figure:
     """The model's input crop with its patch grid drawn on top."""
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     width, height = crop.size
     ax.imshow(crop)
     ax.set_xticks(np.arange(0, width + 1, patch_size))
@@ -45,7 +45,7 @@ def plot_patch_overlay(crop: Image.Image, patch_size: int, ax: Axes | None = Non
 
 def plot_top_k(topk: TopK, image: int = 0, ax: Axes | None = None, title: str = "top-5") -> Figure:
     """Horizontal bar chart of the top-k probabilities of one image."""
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     rows = topk.rows(image)[::-1]
     bars = ax.barh([f"{r['label'][:28]} ({r['index']})" for r in rows], [r["probability"] for r in rows])
     ax.bar_label(bars, labels=[f"{r['probability']:.1%}" for r in rows], padding=3)
@@ -58,7 +58,7 @@ def plot_top_k(topk: TopK, image: int = 0, ax: Axes | None = None, title: str = 
 def plot_heatmap_overlay(crop: Image.Image, heat: np.ndarray, ax: Axes | None = None,
                          title: str = "", alpha: float = 0.55, cmap: str = "inferno") -> Figure:
     """A (rows, cols) map stretched over the crop, each cell covering its patch exactly."""
-    ax = _ax(ax)
+    ax = axes_or_new(ax)
     width, height = crop.size
     ax.imshow(crop)
     ax.imshow(np.asarray(heat), cmap=cmap, alpha=alpha, extent=(0, width, height, 0),

@@ -11,7 +11,7 @@ from torch import nn
 
 from .analysis import (attention_rollout, grid_argmax, mean_attention_distance, rollout_to_grid,
                        uniform_attention_distance)
-from .capture import capture
+from .recorder import capture
 from .errors import VitInspectError
 from .images import preprocess
 from .labels import top_k

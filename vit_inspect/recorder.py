@@ -19,16 +19,20 @@ from .errors import VitInspectError
 
 
 def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None = None,
-            blocks: bool = False) -> dict[str, torch.Tensor]:
+            blocks: bool = False, attention_out: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Run ``model`` once on ``images`` (B, 3, H, W) and record what it computed.
 
     Returns ``{"logits": (B, C), "attention": (B, L, H, N, N)}`` and, with ``blocks=True``,
     ``"blocks": (B, L, N, D)`` (each chosen block's output). L counts the chosen
     ``layers`` (default: all, in order); N = num_prefix_tokens + patches, prefix first.
     The returned tensors are ordinary (not inference-mode) tensors.
+
+    ``attention_out``: a (B, L, H, N, N) tensor to write the attention into, reused across
+    calls when streaming over many batches. A fresh 100+ MB output costs a page fault per
+    4 KiB on first write, which is most of capture's overhead over a plain forward.
     """
     chosen = _chosen_layers(model, layers)
-    recorders = {"attention": _Recorder(len(chosen))}
+    recorders = {"attention": _Recorder(len(chosen), attention_out)}
     targets = {"attention": [_attention_module(model, i) for i in chosen]}
     if blocks:
         recorders["blocks"] = _Recorder(len(chosen))
@@ -68,16 +72,19 @@ def _attention_module(model: nn.Module, layer: int) -> nn.Module:
 class _Recorder:
     """Copies slot ``i``'s tensor into one preallocated (B, L, ...) output."""
 
-    def __init__(self, num_slots: int) -> None:
+    def __init__(self, num_slots: int, out: torch.Tensor | None = None) -> None:
         self.num_slots = num_slots
-        self.out: torch.Tensor | None = None
+        self.out = out
         self.filled: list[int] = [0] * num_slots
 
     def hook(self, slot: int):
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            expected = (output.shape[0], self.num_slots, *output.shape[1:])
             if self.out is None:
                 with torch.inference_mode(False):  # a normal tensor the caller may edit in place
-                    self.out = output.new_empty(output.shape[0], self.num_slots, *output.shape[1:])
+                    self.out = output.new_empty(expected)
+            elif tuple(self.out.shape) != expected:
+                raise VitInspectError(f"attention_out has shape {tuple(self.out.shape)}, expected {expected}")
             self.out[:, slot].copy_(output)
             self.filled[slot] += 1
         return record
