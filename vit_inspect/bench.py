@@ -233,6 +233,21 @@ def print_header(model_name: str) -> None:
           "ratios measured side by side are reported")
 
 
+SECTIONS = ("capture-batch-1", "capture-batch-N", "analyses")
+
+
+def run_section(section: str, args: argparse.Namespace) -> None:
+    """One section of the benchmark, in this process; ratios within it are side by side."""
+    model = create_untrained(args.model)
+    if section == "capture-batch-1":
+        bench_capture(model, 1, args.pairs)
+    elif section == "capture-batch-N":
+        bench_gflops(model, bench_capture(model, args.batch, args.pairs), args.batch, args.pairs)
+    else:
+        bench_analyses(model, args.images, args.batch, args.pairs_images)
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vit_inspect.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=BENCH_MODEL)
@@ -241,16 +256,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=64, help="images for the analyses figure (default: 64)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--section", default=None, choices=SECTIONS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe, args.batch, args.model)))
         return 0
+    if args.section:
+        run_section(args.section, args)
+        return 0
     print_header(args.model)
-    model = create_untrained(args.model)
-    bench_capture(model, 1, args.pairs)
-    times = bench_capture(model, args.batch, args.pairs)
-    bench_analyses(model, args.images, args.batch, args.pairs_images)
-    bench_gflops(model, times, args.batch, args.pairs)
+    print("each section below runs in a fresh process, so one section's memory-allocator state "
+          "(100+ MB buffers) does not bias the next", flush=True)
+    forwarded = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
+                 if key not in ("section", "memory_probe")]
+    for section in SECTIONS:
+        subprocess.run([sys.executable, "-m", "vit_inspect.bench", "--section", section, *forwarded], check=True)
     bench_memory(args.batch, args.model)
     print(f"\nload average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
