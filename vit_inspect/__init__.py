@@ -8,8 +8,6 @@ from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
 from .weights import (DEFAULT_MODEL, LoadedViT, Provenance, create_untrained, download_weights,
                       load_vit, save_weights)
 
-__version__ = "0.1.0"
-
 # walk-through steps (patches, position embeddings, attention, encoder, head); figures: vit_inspect.plot_steps
 from .encoder import (block_by_hand, final_norm_by_hand, gelu_exact, gelu_tanh, layer_norm_by_hand,
                       linear_by_hand, mlp_by_hand, run_blocks_one_at_a_time)
@@ -27,3 +25,5 @@ from .analysis import (HEAD_FUSIONS, attention_rollout, average_attention_distan
                        grid_argmax, image_batches, mean_attention_distance, patch_centres, patch_distances,
                        rollout_to_grid, uniform_attention_distance)
 from .recorder import capture
+
+__version__ = "0.1.0"
