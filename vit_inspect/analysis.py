@@ -111,7 +111,7 @@ def mean_attention_distance(attention: torch.Tensor, grid: tuple[int, int], patc
     weighting the distances; the result is the mean over the patch queries.
     """
     p = num_prefix_tokens
-    distances = patch_distances(grid, patch_size).to(attention.dtype)  # (P, P)
+    distances = patch_distances(grid, patch_size).to(attention.device, attention.dtype)  # (P, P)
     patch_attention = attention[..., p:, p:]  # (..., H, P, P)
     if patch_attention.shape[-1] != distances.shape[-1]:
         raise VitInspectError(f"{attention.shape[-1]} tokens do not match {p} prefix + "

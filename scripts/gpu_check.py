@@ -1,0 +1,35 @@
+"""Run the inspection helpers on a CUDA device and compare with the CPU (not part of CI).
+
+    python scripts/gpu_check.py      # needs a GPU; prints GPU CHECK OK
+"""
+import torch, timm
+from vit_inspect import (create_untrained, capture, attention_rollout, mean_attention_distance, attention_by_hand,
+                         timm_attention_weights, run_blocks_one_at_a_time, tokens_with_position, head_by_hand,
+                         fused_attention_flags, average_attention_distance, pos_embed_similarity)
+print(torch.__version__, timm.__version__, torch.cuda.get_device_name(0))
+m = create_untrained("vit_base_patch16_224")
+x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+cpu = capture(m, x)
+g = m.to("cuda"); xg = x.cuda()
+flags = fused_attention_flags(g)
+out = capture(g, xg)
+assert out["attention"].is_cuda and fused_attention_flags(g) == flags
+torch.testing.assert_close(out["attention"].cpu(), cpu["attention"], atol=2e-3, rtol=1e-2)
+torch.testing.assert_close(out["logits"].cpu(), cpu["logits"], atol=2e-2, rtol=1e-2)
+with torch.inference_mode():
+    torch.testing.assert_close(out["logits"], g(xg))
+r = attention_rollout(out["attention"]); d = mean_attention_distance(out["attention"], (14, 14), 16, 1)
+torch.testing.assert_close(r.sum(-1), torch.ones(4, 197, device="cuda"))
+print("rollout", r.shape, r.device, "distance", d.shape, d.device, float(d.mean()))
+buf = torch.empty_like(out["attention"])
+assert capture(g, xg, attention_out=buf)["attention"].data_ptr() == buf.data_ptr()
+print("avg distance", average_attention_distance(g, [xg[:2], xg[2:]]).shape)
+with torch.no_grad():
+    z0 = tokens_with_position(g, g.patch_embed(xg))
+    steps = attention_by_hand(g.blocks[0], z0)
+    torch.testing.assert_close(steps["attn"], timm_attention_weights(g.blocks[0], z0))
+    torch.testing.assert_close(steps["out"], g.blocks[0].attn(g.blocks[0].norm1(z0)))
+    res = run_blocks_one_at_a_time(g, xg)
+    print("run_blocks keys", list(res))
+print("pos sim", pos_embed_similarity(g).device)
+print("GPU CHECK OK")
