@@ -5,7 +5,6 @@ every patch position, the cosine similarity of its embedding with all the others
 """
 from __future__ import annotations
 
-import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
@@ -13,6 +12,7 @@ from torch import nn
 
 from .errors import VitInspectError
 from .model_info import grid_size_of, num_prefix_tokens_of
+from .weights import create_untrained
 
 
 def _pos_embed_has_prefix(model: nn.Module) -> bool:
@@ -114,9 +114,7 @@ def model_at_resolution(model: nn.Module, img_size: int) -> nn.Module:
     patch = int(model.patch_embed.patch_size[0])
     if img_size % patch:
         raise VitInspectError(f"img_size {img_size} is not a multiple of the patch size {patch}")
-    with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG
-        bigger = timm.create_model(name, pretrained=False, img_size=img_size,
-                                   num_classes=model.num_classes).eval()
+    bigger = create_untrained(name, img_size=img_size, num_classes=model.num_classes)  # weights replaced below
     state = dict(model.state_dict())
     state["pos_embed"] = resample_pos_embed(model, grid_size_of(bigger))
     bigger.load_state_dict(state)

@@ -80,12 +80,16 @@ def load_vit(name: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto",
     return LoadedViT(model.eval(), Provenance(name, source, trained, str(path)))
 
 
-def create_untrained(name: str, seed: int = 0) -> nn.Module:
-    """The architecture ``name`` with deterministic random weights (eval mode)."""
+def create_untrained(name: str, seed: int = 0, **model_kwargs) -> nn.Module:
+    """The architecture ``name`` with deterministic random weights (eval mode).
+
+    ``model_kwargs`` go to ``timm.create_model`` (e.g. ``img_size=384``); the caller's
+    random state is left untouched.
+    """
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return timm.create_model(name, pretrained=False).eval()
+            return timm.create_model(name, pretrained=False, **model_kwargs).eval()
     except RuntimeError as err:  # timm's "Unknown model"
         raise WeightsError(f"unknown model name {name!r}: {err}") from None
 
