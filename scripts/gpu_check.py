@@ -3,9 +3,10 @@
     python scripts/gpu_check.py      # needs a GPU; prints GPU CHECK OK
 """
 import torch, timm
-from vit_inspect import (create_untrained, capture, attention_rollout, mean_attention_distance, attention_by_hand,
-                         timm_attention_weights, run_blocks_one_at_a_time, tokens_with_position, head_by_hand,
-                         fused_attention_flags, average_attention_distance, pos_embed_similarity)
+from vit_inspect import (attention_rollout, average_attention_distance, capture, create_untrained,
+                         mean_attention_distance, pos_embed_similarity, run_blocks_one_at_a_time,
+                         self_attention_by_hand, timm_attention_weights, tokens_with_position)
+from vit_inspect.recorder import fused_attention_flags
 print(torch.__version__, timm.__version__, torch.cuda.get_device_name(0))
 m = create_untrained("vit_base_patch16_224")
 x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -18,7 +19,7 @@ torch.testing.assert_close(out["attention"].cpu(), cpu["attention"], atol=2e-3, 
 torch.testing.assert_close(out["logits"].cpu(), cpu["logits"], atol=2e-2, rtol=1e-2)
 with torch.inference_mode():
     torch.testing.assert_close(out["logits"], g(xg))
-r = attention_rollout(out["attention"]); d = mean_attention_distance(out["attention"], (14, 14), 16, 1)
+r = attention_rollout(out["attention"]); d = mean_attention_distance(out["attention"], (14, 14), 1, 16)
 torch.testing.assert_close(r.sum(-1), torch.ones(4, 197, device="cuda"))
 print("rollout", r.shape, r.device, "distance", d.shape, d.device, float(d.mean()))
 buf = torch.empty_like(out["attention"])
@@ -26,7 +27,7 @@ assert capture(g, xg, attention_out=buf)["attention"].data_ptr() == buf.data_ptr
 print("avg distance", average_attention_distance(g, [xg[:2], xg[2:]]).shape)
 with torch.no_grad():
     z0 = tokens_with_position(g, g.patch_embed(xg))
-    steps = attention_by_hand(g.blocks[0], z0)
+    steps = self_attention_by_hand(g.blocks[0], z0)
     torch.testing.assert_close(steps["attn"], timm_attention_weights(g.blocks[0], z0))
     torch.testing.assert_close(steps["out"], g.blocks[0].attn(g.blocks[0].norm1(z0)))
     res = run_blocks_one_at_a_time(g, xg)

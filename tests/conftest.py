@@ -1,14 +1,15 @@
-"""Shared fixtures: an isolated Hugging Face cache and small seeded models."""
+"""Shared fixtures: an isolated Hugging Face cache, the one small model, image files of every kind."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from vit_inspect import create_untrained
 from vit_inspect.weights import WEIGHTS_ENV
 
 from .image_kinds import write_invalid_images, write_valid_images
 
-SMALL_MODEL = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+TINY = "vit_tiny_patch16_224"  # 12 blocks, 3 heads of 64, D = 192, 14 x 14 patches of 16 px
 
 
 @pytest.fixture(autouse=True)
@@ -23,8 +24,22 @@ def isolated_hub_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def small_model():
-    return create_untrained(SMALL_MODEL, seed=0)
+def tiny():
+    """Seeded untrained ViT-Ti/16, equal to ``load_vit(TINY, weights="random")``; shared, so never modify it.
+
+    At the end of the session the test fails if any test changed a parameter or a flag.
+    """
+    model = create_untrained(TINY, seed=0)
+    before = _fingerprint(model)
+    yield model
+    assert _fingerprint(model) == before, "a test modified the shared `tiny` model"
+
+
+def _fingerprint(model: torch.nn.Module) -> tuple:
+    params = tuple((name, float(t.double().sum()), tuple(t.shape)) for name, t in model.state_dict().items())
+    flags = tuple((name, m.fused_attn) for name, m in model.named_modules() if hasattr(m, "fused_attn"))
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return params, flags, hooks, model.training
 
 
 @pytest.fixture(scope="session")

@@ -1,29 +1,56 @@
-"""vit-inspect: open up a timm Vision Transformer step by step."""
-from .attention import fused_attention, fused_attention_flags
-from .errors import ImageError, VitInspectError, WeightsError
-from .images import (Preprocessed, data_config_of, denormalize, load_image, preprocess,
-                     data_dir, sample_images, tensor_to_image, to_rgb)
-from .labels import TopK, class_name, top_k
-from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
-from .weights import (DEFAULT_MODEL, LoadedViT, Provenance, create_untrained, download_weights,
-                      load_vit, save_weights)
+"""vit-inspect: open up a timm Vision Transformer step by step.
 
-# walk-through steps (patches, position embeddings, attention, encoder, head); figures: vit_inspect.plot_steps
-from .encoder import (block_by_hand, final_norm_by_hand, gelu_exact, gelu_tanh, layer_norm_by_hand,
-                      linear_by_hand, mlp_by_hand, run_blocks_one_at_a_time)
-from .head import POOLINGS, classify_by_hand, head_by_hand, pool_tokens
-from .manual_attention import (MISTAKE_DESCRIPTIONS, MISTAKES, attention_by_hand, mistake_errors,
-                               query_attention_maps, timm_attention_weights, token_index)
-from .patches import (FLATTEN_ORDERS, patch_embed_by_hand, patch_embed_filter_components,
-                      patch_embed_filter_variance, patch_embedding_matrix, patchify, patchify_einops)
-from .posembed import (model_at_resolution, neighbour_similarity_stats, patch_pos_embed, pos_embed_similarity,
-                       prefix_tokens, resample_pos_embed, tokens_with_position)
+Every function a notebook or a student calls is importable from here
+(``from vit_inspect import load_vit, capture``); figures come from one place,
+``vit_inspect.plotting``. The module map is in the README.
 
-# attention analysis: every layer's attention in one pass, rollout, mean attention distance;
-# figures: vit_inspect.plot_analysis, speed: python -m vit_inspect.bench
-from .analysis import (HEAD_FUSIONS, attention_rollout, average_attention_distance, discard_lowest, fuse_heads,
-                       grid_argmax, image_batches, mean_attention_distance, patch_centres, patch_distances,
-                       rollout_to_grid, uniform_attention_distance)
-from .recorder import capture
+Names load on first use (PEP 562), so ``vit-inspect --help`` answers without waiting
+for torch and timm.
+"""
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# module -> the public names it defines; internals stay importable from their modules only
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    # shared ground
+    "errors": ("VitInspectError", "WeightsError", "ImageError"),
+    "model_info": ("DEFAULT_MODEL", "patch_size_of", "grid_size_of", "num_prefix_tokens_of",
+                   "token_index", "tokens_to_grid"),
+    "weights": ("load_vit", "create_untrained", "save_weights", "download_weights", "Provenance", "LoadedViT"),
+    "images": ("load_image", "preprocess", "Preprocessed", "data_config_of", "denormalize",
+               "tensor_to_image", "sample_images", "data_dir", "image_batches"),
+    "labels": ("top_k", "TopK", "class_name"),
+    "recorder": ("capture", "fused_attention", "timm_attention_weights"),
+    # one module per notebook
+    "patches": ("FLATTEN_ORDERS", "patchify", "patchify_einops", "patch_embedding_matrix",
+                "patch_embed_by_hand", "patch_embed_filter_components", "patch_embed_filter_variance"),
+    "position_embeddings": ("patch_pos_embed", "pos_embed_similarity", "neighbour_similarity_stats",
+                            "prefix_tokens", "tokens_with_position", "resample_pos_embed",
+                            "model_at_resolution"),
+    "attention_by_hand": ("MISTAKES", "MISTAKE_DESCRIPTIONS", "self_attention_by_hand", "mistake_errors",
+                          "query_attention_maps"),
+    "encoder_stack": ("layer_norm_by_hand", "gelu_exact", "gelu_tanh", "linear_by_hand", "mlp_by_hand",
+                      "block_by_hand", "final_norm_by_hand", "run_blocks_one_at_a_time"),
+    "classification_head": ("POOLINGS", "pool_tokens", "head_by_hand", "classify_by_hand"),
+    "attention_maps": ("HEAD_FUSIONS", "fuse_heads", "attention_rollout", "rollout_to_grid", "grid_argmax",
+                       "patch_centres", "patch_distances", "mean_attention_distance",
+                       "uniform_attention_distance", "average_attention_distance"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vit_inspect' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -27,10 +27,9 @@ import timm
 import torch
 from torch import nn
 
-from .analysis import attention_rollout, mean_attention_distance, reusable
-from .attention import fused_attention
-from .recorder import capture
+from .attention_maps import attention_rollout, mean_attention_distance, reusable
 from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
+from .recorder import capture, fused_attention
 from .weights import create_untrained
 
 BENCH_MODEL = "vit_base_patch16_224"
@@ -127,7 +126,7 @@ def bench_analyses(model: nn.Module, num_images: int, batch: int, rounds: int) -
             attention = capture(model, images, attention_out=reuse)["attention"]  # (B, L, H, N, N)
             buffer = attention if reuse is None else buffer
             attention_rollout(attention)
-            mean_attention_distance(attention, grid, patch, prefix)
+            mean_attention_distance(attention, grid, prefix, patch)
 
     plain = forwards(model, list(batches))
     for run in (*forwards(model, [batches[0]]).values(), lambda: capture(model, batches[0])):

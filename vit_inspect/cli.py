@@ -1,13 +1,21 @@
-"""``vit-inspect`` command line: report, distance, download."""
+"""``vit-inspect`` command line: report, distance, download.
+
+Every argument is checked, with a message in command-line terms, before torch and timm
+are imported or any weights are built: ``--help`` and argument errors answer at once.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import VitInspectError
-from .weights import DEFAULT_MODEL
+from .model_info import DEFAULT_MODEL
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+VALUE_OPTIONS = ("--query", "--layer")  # options whose value may start with "-"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,20 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="figure + summary.json for one image")
     report.add_argument("image", type=Path)
     report.add_argument("--out", type=Path, required=True, help="output folder")
-    report.add_argument("--model", default=DEFAULT_MODEL, help="timm model name (default: %(default)s)")
-    report.add_argument("--weights", default="auto", help="auto | random | pretrained | PATH (default: auto)")
+    _add_model_arguments(report)
     report.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     report.add_argument("--query", default=None, metavar="ROW,COL",
-                        help="patch whose per-head attention is drawn (default: the centre patch)")
-    report.add_argument("--layer", type=int, default=0, metavar="L",
+                        help="patch whose per-head attention is drawn, 0-based (default: the centre patch)")
+    report.add_argument("--layer", default="0", metavar="L",
                         help="block index for the per-head attention, 0 = first (default: 0)")
     report.set_defaults(run=run_report)
 
     distance = commands.add_parser("distance", help="mean attention distance over a folder of images")
     distance.add_argument("folder", type=Path, help="folder of images (.png, .jpg, ...; not recursive)")
     distance.add_argument("--out", type=Path, default=None, help="write the result as JSON to this file")
-    distance.add_argument("--model", default=DEFAULT_MODEL, help="timm model name (default: %(default)s)")
-    distance.add_argument("--weights", default="auto", help="auto | random | pretrained | PATH (default: auto)")
+    _add_model_arguments(distance)
     distance.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     distance.set_defaults(run=run_distance)
 
@@ -41,26 +47,112 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="timm model name (default: %(default)s)")
+    parser.add_argument("--weights", default="auto", help="auto | random | pretrained | PATH (default: auto)")
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """``--query -1,3`` -> ``--query=-1,3``, so argparse does not take ``-1,3`` for an option."""
+    joined, rest = [], list(argv)
+    while rest:
+        token = rest.pop(0)
+        if token in VALUE_OPTIONS and rest and rest[0].startswith("-") and rest[0] != "--":
+            token = f"{token}={rest.pop(0)}"
+        joined.append(token)
+    return joined
+
+
+# ---------------------------------------------------------------- report
+
+def parse_query(text: str) -> tuple[int, int]:
+    """"ROW,COL" -> (row, col), both >= 0; a one-line error for anything else."""
+    try:
+        row, col = (int(part) for part in text.split(","))
+    except ValueError:
+        raise VitInspectError(f"--query {text}: expected ROW,COL, two integers from 0 (e.g. 7,7)") from None
+    if row < 0 or col < 0:
+        raise VitInspectError(f"--query {text}: rows and columns are numbered from 0")
+    return row, col
+
+
+def parse_layer(text: str) -> int:
+    """"L" -> L >= 0; a one-line error for anything else."""
+    try:
+        layer = int(text)
+    except ValueError:
+        raise VitInspectError(f"--layer {text}: expected a block index, an integer from 0") from None
+    if layer < 0:
+        raise VitInspectError(f"--layer {text}: blocks are numbered from 0")
+    return layer
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse a file, or a non-empty folder unless ``force``; creates nothing."""
+    if out.exists() and not out.is_dir():
+        raise VitInspectError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise VitInspectError(f"--out {out}: directory is not empty; pass --force to write into it")
+
+
+class Architecture(NamedTuple):
+    """What the checks need to know of a model, read without building its weights."""
+    depth: int
+    grid: tuple[int, int]
+    has_class_token: bool
+
+
+def architecture_of(name: str) -> Architecture:
+    """Depth, patch grid and class token of timm model ``name``, from a build on the meta device."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = timm.create_model(name, pretrained=False)
+    except RuntimeError as err:  # timm's "Unknown model"
+        raise VitInspectError(f"--model {name}: {err}") from None
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(model, "patch_embed"):
+        raise VitInspectError(f"--model {name}: not a timm VisionTransformer (no blocks / patch_embed)")
+    grid = tuple(int(s) for s in model.patch_embed.grid_size)
+    return Architecture(len(blocks), grid, getattr(model, "cls_token", None) is not None)
+
+
+def check_query_and_layer(architecture: Architecture, model_name: str, query: tuple[int, int] | None,
+                          layer: int) -> None:
+    """One-line errors, in command-line terms, for a query or layer the model does not have."""
+    depth, (gh, gw), has_class_token = architecture
+    if not has_class_token:
+        raise VitInspectError(f"--model {model_name} has no class token; the report's rollout follows it")
+    if layer >= depth:
+        raise VitInspectError(f"--layer {layer}: out of range, {model_name} has {depth} blocks (0..{depth - 1})")
+    if query is not None and not (query[0] < gh and query[1] < gw):
+        raise VitInspectError(f"--query {query[0]},{query[1]}: out of range, the patch grid is {gh}x{gw} "
+                              f"(rows 0..{gh - 1}, columns 0..{gw - 1})")
+
+
 def run_report(args: argparse.Namespace) -> None:
+    query = None if args.query is None else parse_query(args.query)
+    layer = parse_layer(args.layer)
+    check_out_dir(args.out, args.force)
+    check_query_and_layer(architecture_of(args.model), args.model, query, layer)
+
     import matplotlib
     matplotlib.use("Agg")
     from .images import load_image
-    from .report import check_out_dir, compute_report, parse_query, prepare_out_dir, write_report
+    from .report import compute_report, write_report
     from .weights import load_vit
 
-    query = None if args.query is None else parse_query(args.query)
-    load_image(args.image)  # fail on a bad image before the model is built
-    check_out_dir(args.out, args.force)
+    load_image(args.image)  # fail on a bad image before the weights are built
     model, provenance = load_vit(args.model, args.weights)
     print(f"weights: {provenance.label}")
-    data = compute_report(args.image, model, provenance, query=query, layer=args.layer)
-    prepare_out_dir(args.out, args.force)
+    data = compute_report(args.image, model, provenance, query=query, layer=layer)
     figure, summary = write_report(data, args.out)
     print(f"report written: {figure}\nsummary written: {summary}")
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
+# ---------------------------------------------------------------- distance
 
 def image_files(folder: Path) -> list[Path]:
     """The image files directly in ``folder`` (by suffix), sorted; one-line errors otherwise."""
@@ -75,17 +167,19 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def run_distance(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    from .analysis import average_attention_distance, image_batches, uniform_attention_distance
-    from .model_info import grid_size_of, patch_size_of
-    from .weights import load_vit
-
     paths = image_files(args.folder)
     if args.batch_size < 1:
         raise VitInspectError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.out is not None and args.out.is_dir():
         raise VitInspectError(f"--out {args.out}: is a directory; name a .json file")
+
+    from tqdm import tqdm
+
+    from .attention_maps import average_attention_distance, uniform_attention_distance
+    from .images import image_batches
+    from .model_info import grid_size_of, patch_size_of
+    from .weights import load_vit
+
     model, provenance = load_vit(args.model, args.weights)
     print(f"weights: {provenance.label}")
     with tqdm(total=len(paths), unit="image", desc="attention distance", leave=False) as bar:
@@ -110,6 +204,8 @@ def _print_distance(distance, trained: bool, uniform: float) -> None:
     print(f"  (uniform attention over the patches would give {uniform:.1f})")
 
 
+# ---------------------------------------------------------------- download
+
 def run_download(args: argparse.Namespace) -> None:
     from .weights import download_weights, hub_reachable
 
@@ -120,7 +216,7 @@ def run_download(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         args.run(args)
     except VitInspectError as err:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -124,3 +124,11 @@ def data_dir() -> Path:
 def sample_images() -> list[Path]:
     """The photos bundled in ``data/`` (see data/README.md for sources and licences)."""
     return sorted(p for p in data_dir().iterdir() if p.suffix in (".png", ".jpg"))
+
+
+def image_batches(paths: Sequence[str | os.PathLike], model: nn.Module,
+                  batch_size: int) -> Iterator[torch.Tensor]:
+    """Preprocessed (B, 3, H, W) batches of ``paths``, loaded lazily, in order."""
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        yield torch.cat([preprocess(path, model).tensor for path in chunk])  # (B, 3, H, W)

@@ -1,4 +1,4 @@
-"""Step 1: cutting the image into patches and embedding them by hand.
+"""Notebook 01_patches: cutting the image into patches and embedding them by hand.
 
 timm's ``patch_embed.proj`` is a Conv2d with kernel = stride = patch size. It is the same
 as cutting non-overlapping patches, flattening each one and multiplying by a matrix E,

@@ -1,10 +1,14 @@
-"""Logits, every layer's attention weights and block outputs from ONE forward pass.
+"""Recording what a timm ViT computes, leaving the model exactly as it was.
 
-Works on stock timm ViTs whatever their ``fused_attn`` setting: inside the call the
-flags are switched off (timm then computes softmax(q k^T * scale) explicitly) and a
-forward hook on each chosen block's ``attn.attn_drop`` copies its output, which in eval
-mode is exactly the attention weights. Flags and hooks are restored on exit, even after
-an exception, so the model is left exactly as it was.
+:func:`capture`: logits, every layer's attention weights and block outputs from ONE
+forward pass. It works on stock timm ViTs whatever their ``fused_attn`` setting: inside
+the call the flags are switched off (timm then computes softmax(q k^T * scale)
+explicitly) and a forward hook on each chosen block's ``attn.attn_drop`` copies its
+output, which in eval mode is exactly the attention weights. Flags and hooks are
+restored on exit, even after an exception.
+
+:func:`fused_attention` is that scoped switch on its own; :func:`timm_attention_weights`
+records one block's weights for notebook 03.
 """
 from __future__ import annotations
 
@@ -14,7 +18,6 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from .attention import fused_attention
 from .errors import VitInspectError
 
 
@@ -106,3 +109,39 @@ def _recording(model: nn.Module, recorders: dict[str, _Recorder],
             for slot, module in enumerate(modules):
                 undo.callback(module.register_forward_hook(recorders[key].hook(slot)).remove)
         yield
+
+
+def fused_attention_flags(model: nn.Module) -> dict[str, bool]:
+    """``{module name: fused_attn}`` for every module that has timm's flag."""
+    return {name: module.fused_attn for name, module in model.named_modules()
+            if hasattr(module, "fused_attn")}
+
+
+@contextmanager
+def fused_attention(model: nn.Module, enabled: bool = False) -> Iterator[nn.Module]:
+    """Set every ``fused_attn`` flag to ``enabled`` inside the block, restore each on exit.
+
+    With ``enabled=False`` timm computes softmax(q k^T / sqrt(d)) explicitly, so hooks on
+    ``attn_drop`` see the attention weights.
+    """
+    modules = dict(model.named_modules())
+    saved = fused_attention_flags(model)
+    try:
+        for name in saved:
+            modules[name].fused_attn = enabled
+        yield model
+    finally:
+        for name, flag in saved.items():
+            modules[name].fused_attn = flag
+
+
+def timm_attention_weights(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The attention weights timm itself computes in ``block.attn(block.norm1(x))``: (B, H, N, N).
+
+    ``x`` is the residual stream (B, N, D) entering the block. Scoped like :func:`capture`:
+    fused attention off and one hook, both undone on exit even if the forward fails.
+    """
+    recorder = _Recorder(1)
+    with torch.no_grad(), _recording(block, {"attention": recorder}, {"attention": [block.attn.attn_drop]}):
+        block.attn(block.norm1(x))
+    return recorder.result()[:, 0]  # (B, H, N, N)

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from .errors import WeightsError
+from .model_info import DEFAULT_MODEL
 
-DEFAULT_MODEL = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+
 WEIGHTS_ENV = "VIT_INSPECT_WEIGHTS"
 UNTRAINED_METADATA_KEY = "vit_inspect_untrained"
 HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")

@@ -1,4 +1,4 @@
-"""Step 2: class token, position embeddings, their similarity grid and interpolation."""
+"""Notebook 02 helpers: class token, position embeddings, their similarity grid and interpolation."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,11 +7,6 @@ from torch.testing import assert_close
 from vit_inspect import (VitInspectError, create_untrained, data_config_of, model_at_resolution,
                          neighbour_similarity_stats, patch_pos_embed, pos_embed_similarity, resample_pos_embed,
                          tokens_with_position)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return create_untrained("vit_tiny_patch16_224", seed=2)
 
 
 def test_similarity_is_the_exact_cosine_between_patch_embeddings(tiny):
@@ -115,3 +110,33 @@ def test_model_at_384_runs_on_the_larger_image(tiny):
 def test_model_at_resolution_rejects_a_size_off_the_patch_grid(tiny):
     with pytest.raises(VitInspectError, match="multiple of the patch size"):
         model_at_resolution(tiny, 390)
+
+
+# options that own no parameters (pooling, fc_norm), and options that do (registers, no class token,
+# prefix tokens without position embedding, qk-norm, layer scale): each must survive the resize
+RESIZE_CASES = {
+    "avg_pool_no_fc_norm": ("vit_small_patch16_224", {"global_pool": "avg", "fc_norm": False}),
+    "avg_pool_fc_norm": ("vit_tiny_patch16_224", {"global_pool": "avg", "fc_norm": True}),
+    "registers_no_embed_class": ("vit_tiny_patch16_224", {"reg_tokens": 4, "no_embed_class": True}),
+    "no_class_token": ("vit_tiny_patch16_224", {"class_token": False, "global_pool": "avg"}),
+    "qk_norm_layer_scale": ("vit_tiny_patch16_224", {"qk_norm": True, "init_values": 0.1}),
+    "patch32_head_10": ("vit_base_patch32_224", {"num_classes": 10, "depth": 2}),
+}
+
+
+@pytest.mark.parametrize("case", list(RESIZE_CASES), ids=list(RESIZE_CASES))
+def test_model_at_resolution_keeps_every_option_and_equals_timm_dynamic_size(case):
+    name, options = RESIZE_CASES[case]
+    model = create_untrained(name, seed=5, **options)
+    with torch.no_grad():  # no option may hide behind timm's zero/one init
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(param.numel())))
+    dynamic = create_untrained(name, seed=6, dynamic_img_size=True, **options)
+    dynamic.load_state_dict(model.state_dict())
+    bigger = model_at_resolution(model, 384)
+    assert (bigger.global_pool, bigger.num_prefix_tokens, bigger.num_classes) == \
+        (model.global_pool, model.num_prefix_tokens, model.num_classes)
+    assert model.patch_embed.img_size == (224, 224), "the original model must stay as it was"
+    images = torch.randn(2, 3, 384, 384, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        assert_close(bigger(images), dynamic(images), rtol=1e-4, atol=1e-4)

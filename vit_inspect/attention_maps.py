@@ -1,21 +1,19 @@
-"""The paper's attention analyses from captured attention weights.
+"""Notebook 06_attention_maps: the paper's attention analyses from captured attention weights.
 
 Attention rollout (Abnar & Zuidema 2020; ViT paper Fig. 6) and mean attention
 distance (ViT paper Fig. 7 right), batched and vectorised; plus streaming averages of
-the distance over many images.
+the distance over many images. The weights themselves come from ``recorder.capture``.
 """
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from torch import nn
 
-from .recorder import capture
 from .errors import VitInspectError
-from .images import preprocess
-from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
+from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of, tokens_to_grid
+from .recorder import capture
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -72,12 +70,8 @@ def attention_rollout(attention: torch.Tensor, head_fusion: str = "mean",
 
 def rollout_to_grid(rollout: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int,
                     query: int = 0) -> torch.Tensor:
-    """Row ``query`` (default the class token) over the patch tokens -> (B, gh, gw)."""
-    B, N, _ = rollout.shape
-    gh, gw = grid
-    if N != num_prefix_tokens + gh * gw:
-        raise VitInspectError(f"{N} tokens do not match {num_prefix_tokens} prefix + {gh}x{gw} patches")
-    return rollout[:, query, num_prefix_tokens:].reshape(B, gh, gw)  # (B, gh, gw)
+    """Row ``query`` of (B, N, N) rollout (default the class token) over the patch tokens -> (B, gh, gw)."""
+    return tokens_to_grid(rollout[:, query], grid, num_prefix_tokens)  # (B, gh, gw)
 
 
 def grid_argmax(maps: torch.Tensor) -> torch.Tensor:
@@ -101,8 +95,8 @@ def patch_distances(grid: tuple[int, int], patch_size: int) -> torch.Tensor:
     return torch.cdist(centres, centres)  # (P, P)
 
 
-def mean_attention_distance(attention: torch.Tensor, grid: tuple[int, int], patch_size: int,
-                            num_prefix_tokens: int) -> torch.Tensor:
+def mean_attention_distance(attention: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int,
+                            patch_size: int) -> torch.Tensor:
     """Attention-weighted pixel distance between query and key patches: (..., H, N, N) -> (..., H).
 
     Typically (B, L, H, N, N) -> (B, L, H). Prefix tokens (class, distillation,
@@ -131,14 +125,6 @@ def uniform_attention_distance(grid: tuple[int, int], patch_size: int) -> float:
     return float(patch_distances(grid, patch_size).mean())
 
 
-def image_batches(paths: Sequence[str | os.PathLike], model: nn.Module,
-                  batch_size: int) -> Iterator[torch.Tensor]:
-    """Preprocessed (B, 3, H, W) batches of ``paths``, loaded lazily, in order."""
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        yield torch.cat([preprocess(path, model).tensor for path in chunk])  # (B, 3, H, W)
-
-
 def reusable(buffer: torch.Tensor | None, batch: int, tokens: int) -> torch.Tensor | None:
     """The leading ``batch`` rows of an earlier (B, L, H, N, N) output if they fit, else None.
 
@@ -163,8 +149,8 @@ def average_attention_distance(model: nn.Module, batches: Iterable[torch.Tensor]
         reuse = reusable(buffer, images.shape[0], num_prefix_tokens_of(model) + grid[0] * grid[1])
         attention = capture(model, images, attention_out=reuse)["attention"]  # (B, L, H, N, N)
         buffer = attention if reuse is None else buffer
-        distance = mean_attention_distance(attention, grid, patch_size_of(model),
-                                           num_prefix_tokens_of(model))  # (B, L, H)
+        distance = mean_attention_distance(attention, grid, num_prefix_tokens_of(model),
+                                           patch_size_of(model))  # (B, L, H)
         total = distance.sum(dim=0) if total is None else total + distance.sum(dim=0)
         count += images.shape[0]
         if progress is not None:

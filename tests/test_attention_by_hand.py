@@ -1,16 +1,12 @@
-"""Step 3: multi-head self-attention by hand against timm, and each course mistake against both."""
+"""Notebook 03 helpers: multi-head self-attention by hand against timm, and each course mistake against both."""
 import pytest
 import torch
 from torch.testing import assert_close
 
-from vit_inspect import (MISTAKES, VitInspectError, attention_by_hand, create_untrained, fused_attention_flags,
-                         mistake_errors, preprocess, query_attention_maps, sample_images, timm_attention_weights,
+from vit_inspect import (MISTAKES, VitInspectError, create_untrained, mistake_errors, preprocess,
+                         query_attention_maps, sample_images, self_attention_by_hand, timm_attention_weights,
                          token_index, tokens_with_position)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return create_untrained("vit_tiny_patch16_224", seed=3)
+from vit_inspect.recorder import fused_attention_flags
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +20,7 @@ def z0(tiny):
 def test_attention_by_hand_equals_timm(tiny, z0, index):
     block = tiny.blocks[index]
     with torch.no_grad():
-        steps = attention_by_hand(block, z0)
+        steps = self_attention_by_hand(block, z0)
         expected = block.attn(block.norm1(z0))
         weights = timm_attention_weights(block, z0)
     B, N, D, H, d = 2, 197, 192, 3, 64
@@ -41,7 +37,7 @@ def test_attention_by_hand_on_vit_base_with_a_real_image():
     images = preprocess(sample_images()[0], model).tensor
     with torch.no_grad():
         x = tokens_with_position(model, model.patch_embed(images))
-        steps = attention_by_hand(model.blocks[0], x)
+        steps = self_attention_by_hand(model.blocks[0], x)
         assert steps["qkv"].reshape(1, 197, 3, 12, 64).shape == (1, 197, 3, 12, 64)
         assert steps["scores"].shape == (1, 12, 197, 197)
         assert_close(steps["out"], model.blocks[0].attn(model.blocks[0].norm1(x)))
@@ -52,7 +48,7 @@ def test_attention_by_hand_on_vit_base_with_a_real_image():
 def test_each_mistake_is_measurably_wrong(tiny, z0, mistake):
     block = tiny.blocks[0]
     with torch.no_grad():
-        wrong = attention_by_hand(block, z0, mistake)
+        wrong = self_attention_by_hand(block, z0, mistake)
         expected = block.attn(block.norm1(z0))
         weights = timm_attention_weights(block, z0)
         relative = mistake_errors(block, z0)[mistake]["out"]
@@ -66,14 +62,14 @@ def test_each_mistake_is_measurably_wrong(tiny, z0, mistake):
 def test_wrong_weights_no_longer_form_a_distribution(tiny, z0):
     with torch.no_grad():
         for mistake in ("no_softmax", "divide_after_softmax"):
-            rows = attention_by_hand(tiny.blocks[0], z0, mistake)["attn"].sum(dim=-1)
+            rows = self_attention_by_hand(tiny.blocks[0], z0, mistake)["attn"].sum(dim=-1)
             with pytest.raises(AssertionError):
                 assert_close(rows, torch.ones_like(rows))
 
 
 def test_unknown_mistake_is_a_one_line_error(tiny, z0):
     with pytest.raises(VitInspectError, match="unknown attention mistake"):
-        attention_by_hand(tiny.blocks[0], z0, "no_norm2")
+        self_attention_by_hand(tiny.blocks[0], z0, "no_norm2")
 
 
 def test_capturing_timm_weights_leaves_the_block_as_it_was(tiny, z0):
@@ -90,14 +86,14 @@ def test_capturing_timm_weights_leaves_the_block_as_it_was(tiny, z0):
 
 def test_query_maps_pick_the_row_of_the_query_over_patch_keys(tiny, z0):
     with torch.no_grad():
-        attn = attention_by_hand(tiny.blocks[0], z0)["attn"]
-    query = token_index(2, 5, (14, 14))
+        attn = self_attention_by_hand(tiny.blocks[0], z0)["attn"]
+    query = token_index(2, 5, (14, 14), 1)
     assert query == 1 + 2 * 14 + 5
-    maps = query_attention_maps(attn, query, (14, 14), image=1)
+    maps = query_attention_maps(attn, (14, 14), 1, query, image=1)
     assert maps.shape == (3, 14, 14)
     assert_close(maps[:, 3, 4], attn[1, :, query, 1 + 3 * 14 + 4], rtol=0, atol=0)
     assert_close(maps.sum(dim=(1, 2)) + attn[1, :, query, 0], torch.ones(3))
     with pytest.raises(VitInspectError, match="outside"):
-        token_index(14, 0, (14, 14))
+        token_index(14, 0, (14, 14), 1)
     with pytest.raises(VitInspectError, match="outside"):
-        query_attention_maps(attn, 197, (14, 14))
+        query_attention_maps(attn, (14, 14), 1, 197)

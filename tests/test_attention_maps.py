@@ -1,4 +1,4 @@
-"""Attention rollout and mean attention distance: properties and small hand examples."""
+"""Notebook 06 helpers: attention rollout and mean attention distance, properties and small hand examples."""
 from __future__ import annotations
 
 import itertools
@@ -7,12 +7,10 @@ import math
 import pytest
 import torch
 
-from vit_inspect import VitInspectError, sample_images
-from vit_inspect.analysis import (HEAD_FUSIONS, attention_rollout, average_attention_distance,
-                                  discard_lowest, fuse_heads, grid_argmax, image_batches,
-                                  mean_attention_distance, patch_centres, rollout_to_grid,
-                                  uniform_attention_distance)
-from vit_inspect import capture
+from vit_inspect import (HEAD_FUSIONS, VitInspectError, attention_rollout, average_attention_distance, capture,
+                         fuse_heads, grid_argmax, image_batches, mean_attention_distance, patch_centres,
+                         rollout_to_grid, sample_images, uniform_attention_distance)
+from vit_inspect.attention_maps import discard_lowest, reusable
 
 
 def random_attention(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -105,7 +103,7 @@ def test_patch_centres_are_pixel_centres_row_major():
 def test_attention_on_self_is_zero_pixels(prefix):
     N = prefix + 12
     attention = torch.eye(N).expand(2, 3, 4, N, N)
-    distance = mean_attention_distance(attention, (3, 4), 16, prefix)
+    distance = mean_attention_distance(attention, (3, 4), prefix, 16)
     assert distance.shape == (2, 3, 4)
     torch.testing.assert_close(distance, torch.zeros(2, 3, 4))
 
@@ -117,7 +115,7 @@ def test_uniform_attention_gives_the_mean_pairwise_distance(grid, patch_size, pr
     by_hand = sum(math.dist(a, b) for a in cells for b in cells) / len(cells) ** 2 * patch_size
     N = prefix + gh * gw
     uniform = torch.full((1, 2, 3, N, N), 1.0 / N, dtype=torch.float64)  # prefix keys get mass too
-    distance = mean_attention_distance(uniform, grid, patch_size, prefix)
+    distance = mean_attention_distance(uniform, grid, prefix, patch_size)
     torch.testing.assert_close(distance, torch.full((1, 2, 3), by_hand, dtype=torch.float64))
     assert uniform_attention_distance(grid, patch_size) == pytest.approx(by_hand)
 
@@ -127,20 +125,20 @@ def test_hand_example_prefix_keys_dropped_and_rows_renormalised():
     attention = torch.tensor([[[0.2, 0.2, 0.6],   # class-token query: ignored
                               [0.5, 0.125, 0.375],  # patch 0: .25 / .75 of its patch mass -> 12 px
                               [0.9, 0.1, 0.0]]])    # patch 1: all patch mass on patch 0 -> 16 px
-    distance = mean_attention_distance(attention, (1, 2), 16, num_prefix_tokens=1)
+    distance = mean_attention_distance(attention, (1, 2), num_prefix_tokens=1, patch_size=16)
     torch.testing.assert_close(distance, torch.tensor([(12.0 + 16.0) / 2]))
     attention[0, 0] = torch.tensor([1.0, 0.0, 0.0])  # what the class token does changes nothing
-    torch.testing.assert_close(mean_attention_distance(attention, (1, 2), 16, 1), torch.tensor([14.0]))
+    torch.testing.assert_close(mean_attention_distance(attention, (1, 2), 1, 16), torch.tensor([14.0]))
 
 
 def test_distance_rejects_a_grid_that_does_not_fit():
     with pytest.raises(VitInspectError, match="prefix"):
-        mean_attention_distance(torch.eye(10).expand(1, 1, 10, 10), (3, 3), 16, 2)
+        mean_attention_distance(torch.eye(10).expand(1, 1, 10, 10), (3, 3), 2, 16)
 
 
-def test_average_over_batches_streams_to_the_mean_over_all_images(small_model):
+def test_average_over_batches_streams_to_the_mean_over_all_images(tiny):
     paths = sample_images()[:3]
-    batches = list(image_batches(paths, small_model, batch_size=2))
+    batches = list(image_batches(paths, tiny, batch_size=2))
     assert [b.shape[0] for b in batches] == [2, 1]
 
     class Counter:
@@ -150,11 +148,19 @@ def test_average_over_batches_streams_to_the_mean_over_all_images(small_model):
             self.n += k
 
     counter = Counter()
-    streamed = average_attention_distance(small_model, iter(batches), progress=counter)
-    everything = capture(small_model, torch.cat(batches))["attention"]  # (3, L, H, N, N)
-    at_once = mean_attention_distance(everything, (14, 14), 16, 1).mean(dim=0)  # (L, H)
+    streamed = average_attention_distance(tiny, iter(batches), progress=counter)
+    everything = capture(tiny, torch.cat(batches))["attention"]  # (3, L, H, N, N)
+    at_once = mean_attention_distance(everything, (14, 14), 1, 16).mean(dim=0)  # (L, H)
     torch.testing.assert_close(streamed, at_once)
     assert counter.n == 3 and streamed.shape == (12, 3)
     assert ((streamed > 0) & (streamed < math.hypot(224, 224))).all()
     with pytest.raises(VitInspectError, match="no images"):
-        average_attention_distance(small_model, iter([]))
+        average_attention_distance(tiny, iter([]))
+
+
+def test_streaming_reuse_takes_a_leading_slice_only_when_it_fits():
+    buffer = torch.empty(8, 2, 3, 197, 197)
+    assert reusable(None, 8, 197) is None
+    assert reusable(buffer, 9, 197) is None and reusable(buffer, 8, 50) is None
+    assert reusable(buffer, 5, 197).shape == (5, 2, 3, 197, 197)
+    assert reusable(buffer, 5, 197).data_ptr() == buffer.data_ptr()

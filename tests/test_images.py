@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
-from vit_inspect import ImageError, load_image, preprocess, sample_images, tensor_to_image, to_rgb
+from vit_inspect import ImageError, load_image, preprocess, sample_images, tensor_to_image
+from vit_inspect.images import to_rgb
 
 from .image_kinds import RED, reference_grey
 
@@ -52,18 +53,18 @@ def test_invalid_kinds_give_one_line_naming_the_file(invalid, kind):
     assert str(invalid[kind]) in message and "\n" not in message
 
 
-def test_preprocess_equals_timm_transform_and_returns_the_crop(small_model):
+def test_preprocess_equals_timm_transform_and_returns_the_crop(tiny):
     path = sample_images()[0]
-    pre = preprocess(path, small_model)
-    config = resolve_model_data_config(small_model)
+    pre = preprocess(path, tiny)
+    config = resolve_model_data_config(tiny)
     expected = create_transform(**config)(Image.open(path).convert("RGB")).unsqueeze(0)
     torch.testing.assert_close(pre.tensor, expected, rtol=0, atol=0)
     assert pre.tensor.shape == (1, 3, 224, 224) and pre.crop.size == (224, 224)
     assert pre.data_config == config
 
 
-def test_denormalise_inverts_normalise(small_model):
-    pre = preprocess(sample_images()[1], small_model)
+def test_denormalise_inverts_normalise(tiny):
+    pre = preprocess(sample_images()[1], tiny)
     restored = np.asarray(tensor_to_image(pre.tensor, pre.data_config), dtype=int)
     assert np.abs(restored - np.asarray(pre.crop, dtype=int)).max() <= 1
 

@@ -8,8 +8,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from vit_inspect import VitInspectError, fused_attention_flags
-from vit_inspect import capture
+from vit_inspect import VitInspectError, capture, create_untrained
+from vit_inspect.recorder import fused_attention_flags
 
 # name, create_model kwargs, input (H, W), batch, expected prefix tokens, expected grid
 MODELS = {
@@ -24,9 +24,7 @@ MODELS = {
 
 
 def make_model(name: str, kwargs: dict) -> torch.nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return timm.create_model(name, pretrained=False, **kwargs).eval()
+    return create_untrained(name, seed=0, **kwargs)
 
 
 @pytest.fixture(scope="module", params=list(MODELS), ids=list(MODELS))
@@ -34,11 +32,6 @@ def case(request):
     name, kwargs, size, batch, prefix, grid = MODELS[request.param]
     images = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1))
     return make_model(name, kwargs), images, prefix, grid
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return make_model("vit_tiny_patch16_224", {})
 
 
 def attention_by_hand(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -175,20 +168,6 @@ def test_a_model_without_vit_blocks_is_refused():
         capture(torch.nn.Linear(4, 4).eval(), torch.randn(1, 4))
 
 
-def test_bench_rounds_interleave_in_rotating_order_and_drop_the_warm_up():
-    from vit_inspect.bench import interleaved
-    order = []
-    times = interleaved({name: (lambda name=name: order.append(name)) for name in "abc"}, rounds=3, warmup=1)
-    assert order == list("abc" "bca" "cab" "abc")
-    assert {name: len(seconds) for name, seconds in times.items()} == {"a": 3, "b": 3, "c": 3}
-
-
-def test_bench_flop_count_matches_the_known_vit_b16_figure():
-    from vit_inspect.bench import VIT_B16_GFLOPS, forward_gflops
-    assert forward_gflops(make_model("vit_base_patch16_224", {})) == pytest.approx(VIT_B16_GFLOPS, abs=0.05)
-    assert forward_gflops(make_model("vit_base_patch32_224", {})) == pytest.approx(8.8, abs=0.1)  # timm: 4.4 GMACs
-
-
 def test_reused_output_is_written_in_place_and_equals_a_fresh_capture(tiny):
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     fresh = capture(tiny, images)["attention"]  # (B, L, H, N, N)
@@ -205,12 +184,3 @@ def test_reused_output_of_the_wrong_shape_is_refused_and_model_restored(tiny):
         capture(tiny, images, attention_out=torch.empty(3, 12, 3, 197, 197))
     assert fused_attention_flags(tiny) == flags
     assert not any(m._forward_hooks for m in tiny.modules())
-
-
-def test_streaming_reuse_takes_a_leading_slice_only_when_it_fits():
-    from vit_inspect.analysis import reusable
-    buffer = torch.empty(8, 2, 3, 197, 197)
-    assert reusable(None, 8, 197) is None
-    assert reusable(buffer, 9, 197) is None and reusable(buffer, 8, 50) is None
-    assert reusable(buffer, 5, 197).shape == (5, 2, 3, 197, 197)
-    assert reusable(buffer, 5, 197).data_ptr() == buffer.data_ptr()

@@ -1,4 +1,6 @@
-"""Step 1: patches and the patch embedding, checked against timm's Conv2d."""
+"""Notebook 01 helpers: patches and the patch embedding, checked against timm's Conv2d."""
+import copy
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -6,11 +8,6 @@ from torch.testing import assert_close
 from vit_inspect import (FLATTEN_ORDERS, VitInspectError, create_untrained, patch_embed_by_hand,
                          patch_embed_filter_components, patch_embed_filter_variance, patch_embedding_matrix,
                          patchify, patchify_einops, preprocess, sample_images)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return create_untrained("vit_tiny_patch16_224", seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +90,7 @@ def test_filter_components_are_the_covariance_eigenvectors(tiny):
 
 def test_components_ignore_an_offset_shared_by_all_filters(tiny):
     # PCA centres the filters: a constant added to every filter must not become a component
-    shifted = create_untrained("vit_tiny_patch16_224", seed=1)
+    shifted = copy.deepcopy(tiny)
     with torch.no_grad():
         shifted.patch_embed.proj.weight += 0.05
     assert_close(patch_embed_filter_components(shifted, 4).abs(), patch_embed_filter_components(tiny, 4).abs(),

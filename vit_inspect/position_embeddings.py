@@ -1,9 +1,11 @@
-"""Step 2: the class token and the learned position embeddings.
+"""Notebook 02_position_embeddings: the class token and the learned position embeddings.
 
 z0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos. The paper's Fig. 7 (centre) shows, for
 every patch position, the cosine similarity of its embedding with all the others.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +13,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from .errors import VitInspectError
-from .model_info import grid_size_of, num_prefix_tokens_of
-from .weights import create_untrained
+from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
 
 
 def _pos_embed_has_prefix(model: nn.Module) -> bool:
@@ -103,22 +104,19 @@ def resample_pos_embed(model: nn.Module, new_grid: tuple[int, int]) -> torch.Ten
 
 
 def model_at_resolution(model: nn.Module, img_size: int) -> nn.Module:
-    """A copy of ``model`` built for ``img_size`` x ``img_size`` inputs (eval mode).
+    """A copy of ``model`` for ``img_size`` x ``img_size`` inputs (eval mode); ``model`` is untouched.
 
-    Same weights, except ``pos_embed``, which is interpolated to the larger grid:
-    how ViTs are fine-tuned at a higher resolution with the same patch size.
+    Same weights and options (pooling, norms, prefix tokens, ...), except ``pos_embed``,
+    which timm's ``set_input_size`` interpolates (bicubic) to the larger grid: how ViTs
+    are fine-tuned at a higher resolution with the same patch size.
     """
-    name = model.pretrained_cfg.get("architecture") if hasattr(model, "pretrained_cfg") else None
-    if name is None:
-        raise VitInspectError(f"{type(model).__name__} is not a timm model with a known architecture")
-    patch = int(model.patch_embed.patch_size[0])
+    if not hasattr(model, "set_input_size") or getattr(model, "pos_embed", None) is None:
+        raise VitInspectError(f"{type(model).__name__} is not a timm ViT with a learned position embedding")
+    patch = patch_size_of(model)
     if img_size % patch:
         raise VitInspectError(f"img_size {img_size} is not a multiple of the patch size {patch}")
-    bigger = create_untrained(name, img_size=img_size, num_classes=model.num_classes)  # weights replaced below
-    state = dict(model.state_dict())
-    state["pos_embed"] = resample_pos_embed(model, grid_size_of(bigger))
-    bigger.load_state_dict(state)
-    # same weights, same normalisation; only the input size in the data config changes
-    bigger.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, img_size, img_size)}
-    bigger.default_cfg = bigger.pretrained_cfg
+    bigger = copy.deepcopy(model).eval()
+    bigger.set_input_size(img_size=(img_size, img_size))
+    # same normalisation and crop ratio; only the input size in the data config changes
+    bigger.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "input_size": (3, img_size, img_size)}
     return bigger

@@ -1,4 +1,4 @@
-"""Step 4: the encoder stack by hand: LayerNorm, GELU, MLP, the two residual additions.
+"""Notebook 04_encoder_stack: the encoder stack by hand: LayerNorm, GELU, MLP, the two residual additions.
 
 z'_l = MSA(LN(z_{l-1})) + z_{l-1};  z_l = MLP(LN(z'_l)) + z'_l;  y = LN(z_L).
 """
@@ -9,9 +9,9 @@ import math
 import torch
 from torch import nn
 
+from .attention_by_hand import self_attention_by_hand
 from .errors import VitInspectError
-from .manual_attention import attention_by_hand
-from .posembed import tokens_with_position
+from .position_embeddings import tokens_with_position
 
 
 def layer_norm_by_hand(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +67,7 @@ def block_by_hand(block: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     attn: MSA(LN1(x)); mid = x + attn (first residual); mlp: MLP(LN2(mid));
     out = mid + mlp (second residual), equal to ``block(x)``.
     """
-    attn = block.ls1(attention_by_hand(block, x)["out"])
+    attn = block.ls1(self_attention_by_hand(block, x)["out"])
     mid = x + attn
     mlp = block.ls2(mlp_by_hand(block.mlp, layer_norm_by_hand(block.norm2, mid)))
     return {"attn": attn, "mid": mid, "mlp": mlp, "out": mid + mlp}

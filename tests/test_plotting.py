@@ -9,10 +9,9 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vit_inspect.plot_steps import (plot_attention_mistakes, plot_filter_components, plot_gelu,  # noqa: E402
-                                    plot_patch_grid, plot_pos_embed_similarity, plot_query_attention,
-                                    plot_residual_norms)
-from vit_inspect.plotting import new_axes  # noqa: E402
+from vit_inspect.plotting import (new_axes, plot_attention_mistakes, plot_filter_components, plot_gelu,  # noqa: E402
+                                  plot_patch_grid, plot_pos_embed_similarity, plot_query_attention,
+                                  plot_residual_norms)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +69,7 @@ def test_mistakes_side_by_side_with_their_errors(crop):
 
 def test_residual_norms_and_gelu_plots():
     norms = torch.rand(13, 1, 197)
-    ax = plot_residual_norms(norms).axes[0]
+    ax = plot_residual_norms(norms, num_prefix_tokens=1).axes[0]
     lines = ax.get_lines()
     assert np.allclose(lines[0].get_ydata(), norms[:, 0, 0].numpy())
     assert np.allclose(lines[1].get_ydata(), norms[:, 0, 1:].mean(dim=1).numpy())

@@ -1,15 +1,10 @@
-"""Step 5: the classification head by hand, class token vs mean pooling."""
+"""Notebook 05 helpers: the classification head by hand, class token vs mean pooling."""
 import pytest
 import torch
 from torch.testing import assert_close
 
 from vit_inspect import (POOLINGS, VitInspectError, classify_by_hand, create_untrained, head_by_hand,
                          pool_tokens, preprocess, sample_images)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return create_untrained("vit_tiny_patch16_224", seed=6)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +51,8 @@ def test_a_batch_gives_the_same_logits_as_one_image_at_a_time(tiny, images):
 def test_pool_tokens_and_unknown_pooling():
     tokens = torch.arange(12.0).reshape(1, 3, 4)
     assert set(POOLINGS) == {"token", "avg", "avg_all"}
-    assert_close(pool_tokens(tokens, "token"), tokens[:, 0])
-    assert_close(pool_tokens(tokens, "avg"), torch.tensor([[6.0, 7.0, 8.0, 9.0]]))
-    assert_close(pool_tokens(tokens, "avg_all"), torch.tensor([[4.0, 5.0, 6.0, 7.0]]))
+    assert_close(pool_tokens(tokens, 1, "token"), tokens[:, 0])
+    assert_close(pool_tokens(tokens, 1, "avg"), torch.tensor([[6.0, 7.0, 8.0, 9.0]]))
+    assert_close(pool_tokens(tokens, 1, "avg_all"), torch.tensor([[4.0, 5.0, 6.0, 7.0]]))
     with pytest.raises(VitInspectError, match="unknown pooling"):
-        pool_tokens(tokens, "max")
+        pool_tokens(tokens, 1, "max")

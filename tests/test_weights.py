@@ -12,11 +12,13 @@ import pytest
 import timm
 import torch
 
-from vit_inspect import WeightsError, create_untrained, fused_attention, fused_attention_flags, load_vit, save_weights
+from vit_inspect import WeightsError, create_untrained, fused_attention, load_vit, save_weights
 from vit_inspect import weights as weights_module
+from vit_inspect.recorder import fused_attention_flags
 from vit_inspect.weights import WEIGHTS_ENV, hub_reachable, hub_repo_id
 
-from .conftest import SMALL_MODEL
+TAGGED_TINY = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # a pretrained tag, for the hub routes
+
 
 torch.manual_seed(0)
 PIXELS = torch.randn(2, 3, 224, 224)
@@ -30,7 +32,7 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def trained_like(tmp_path_factory):
     """A seed-7 model saved as if it were real weights, plus its reference logits."""
-    model = create_untrained(SMALL_MODEL, seed=7)
+    model = create_untrained(TAGGED_TINY, seed=7)
     folder = tmp_path_factory.mktemp("weights")
     path = save_weights(model, folder / "model.safetensors", untrained=False)
     return path, logits(model)
@@ -47,9 +49,9 @@ def fake_hub_cache(cache: Path, name: str, weights_file: Path) -> Path:
 
 
 def test_random_weights_are_seeded_and_labelled():
-    first, provenance = load_vit(SMALL_MODEL, weights="random", seed=3)
-    second, _ = load_vit(SMALL_MODEL, weights="random", seed=3)
-    other, _ = load_vit(SMALL_MODEL, weights="random", seed=4)
+    first, provenance = load_vit(TAGGED_TINY, weights="random", seed=3)
+    second, _ = load_vit(TAGGED_TINY, weights="random", seed=3)
+    other, _ = load_vit(TAGGED_TINY, weights="random", seed=4)
     torch.testing.assert_close(logits(first), logits(second), rtol=0, atol=0)
     assert not torch.allclose(logits(first), logits(other))
     assert not provenance.trained and provenance.source == "random"
@@ -60,7 +62,7 @@ def test_random_weights_leave_global_rng_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    load_vit(SMALL_MODEL, weights="random", seed=9)
+    load_vit(TAGGED_TINY, weights="random", seed=9)
     torch.testing.assert_close(torch.rand(3), expected)
 
 
@@ -68,10 +70,10 @@ def test_random_weights_leave_global_rng_alone():
 def test_local_file_routes_give_identical_logits(trained_like, tmp_path, suffix):
     path, expected = trained_like
     if suffix != ".safetensors":
-        state = create_untrained(SMALL_MODEL, seed=7).state_dict()
+        state = create_untrained(TAGGED_TINY, seed=7).state_dict()
         path = tmp_path / f"weights{suffix}"
         torch.save({"state_dict": state} if suffix == ".pth" else state, path)
-    model, provenance = load_vit(SMALL_MODEL, weights=path)
+    model, provenance = load_vit(TAGGED_TINY, weights=path)
     torch.testing.assert_close(logits(model), expected)
     assert provenance.trained and provenance.source == "local file" and provenance.path == str(path)
 
@@ -79,7 +81,7 @@ def test_local_file_routes_give_identical_logits(trained_like, tmp_path, suffix)
 def test_env_variable_route(trained_like, monkeypatch):
     path, expected = trained_like
     monkeypatch.setenv(WEIGHTS_ENV, str(path))
-    model, provenance = load_vit(SMALL_MODEL, weights="auto")
+    model, provenance = load_vit(TAGGED_TINY, weights="auto")
     torch.testing.assert_close(logits(model), expected)
     assert provenance.source == "local file"
 
@@ -87,8 +89,8 @@ def test_env_variable_route(trained_like, monkeypatch):
 @pytest.mark.parametrize("keyword", ["auto", "pretrained"])
 def test_hub_cache_route(trained_like, isolated_hub_cache, keyword):
     path, expected = trained_like
-    cached = fake_hub_cache(isolated_hub_cache, SMALL_MODEL, path)
-    model, provenance = load_vit(SMALL_MODEL, weights=keyword)
+    cached = fake_hub_cache(isolated_hub_cache, TAGGED_TINY, path)
+    model, provenance = load_vit(TAGGED_TINY, weights=keyword)
     torch.testing.assert_close(logits(model), expected)
     assert provenance.source == "hub cache" and provenance.path == str(cached) and provenance.trained
 
@@ -104,15 +106,15 @@ def test_hub_download_route(trained_like, monkeypatch):
 
     monkeypatch.setattr(weights_module, "hub_reachable", lambda: True)
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
-    model, provenance = load_vit(SMALL_MODEL, weights="pretrained")
+    model, provenance = load_vit(TAGGED_TINY, weights="pretrained")
     torch.testing.assert_close(logits(model), expected)
     assert provenance.source == "hub download"
-    assert asked == [(hub_repo_id(SMALL_MODEL), "model.safetensors")]
+    assert asked == [(hub_repo_id(TAGGED_TINY), "model.safetensors")]
 
 
 def test_file_marked_untrained_stays_untrained(tmp_path):
-    path = save_weights(create_untrained(SMALL_MODEL, seed=1), tmp_path / "w.safetensors", untrained=True)
-    _, provenance = load_vit(SMALL_MODEL, weights=path)
+    path = save_weights(create_untrained(TAGGED_TINY, seed=1), tmp_path / "w.safetensors", untrained=True)
+    _, provenance = load_vit(TAGGED_TINY, weights=path)
     assert not provenance.trained and "UNTRAINED" in provenance.label
 
 
@@ -163,12 +165,12 @@ def test_wrong_architecture_names_file_and_keys(trained_like):
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path):
-    state = create_untrained(SMALL_MODEL).state_dict()
+    state = create_untrained(TAGGED_TINY).state_dict()
     state["extra.weight"] = state.pop("head.weight")
     path = tmp_path / "renamed.pth"
     torch.save(state, path)
     with pytest.raises(WeightsError, match=r"missing 1 keys \(head.weight\); unexpected 1 keys \(extra.weight\)"):
-        load_vit(SMALL_MODEL, weights=path)
+        load_vit(TAGGED_TINY, weights=path)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
@@ -178,7 +180,7 @@ def test_damaged_files_give_one_clear_error(trained_like, tmp_path, damage):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
     with pytest.raises(WeightsError, match="broken.safetensors"):
-        load_vit(SMALL_MODEL, weights=broken)
+        load_vit(TAGGED_TINY, weights=broken)
 
 
 class RunsCode:
@@ -194,26 +196,26 @@ def test_pickle_never_executes_code(tmp_path):
     path = tmp_path / "evil.pth"
     path.write_bytes(pickle.dumps({"patch_embed.proj.weight": RunsCode()}, protocol=2))
     with pytest.raises(WeightsError, match="evil.pth"):
-        load_vit(SMALL_MODEL, weights=path)
+        load_vit(TAGGED_TINY, weights=path)
     assert not MARKER.exists()
 
 
 def test_missing_file_and_unknown_model():
     with pytest.raises(WeightsError, match="not found: /nonexistent/w.safetensors"):
-        load_vit(SMALL_MODEL, weights="/nonexistent/w.safetensors")
+        load_vit(TAGGED_TINY, weights="/nonexistent/w.safetensors")
     with pytest.raises(WeightsError, match="unknown model name"):
         load_vit("vit_does_not_exist", weights="random")
 
 
-def test_failed_load_leaves_model_untouched(small_model, trained_like, tmp_path):
+def test_failed_load_leaves_model_untouched(tiny, trained_like, tmp_path):
     from vit_inspect.weights import load_weights_file
     state = create_untrained("vit_small_patch16_224").state_dict()
     path = tmp_path / "other.pth"
     torch.save(state, path)
-    before = {k: v.clone() for k, v in small_model.state_dict().items()}
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
     with pytest.raises(WeightsError):
-        load_weights_file(small_model, path)
-    for key, value in small_model.state_dict().items():
+        load_weights_file(tiny, path)
+    for key, value in tiny.state_dict().items():
         assert torch.equal(value, before[key]), key
 
 
@@ -228,13 +230,13 @@ def test_other_timm_vits_load_the_same_way(name, tmp_path):
     torch.testing.assert_close(reloaded.state_dict(), model.state_dict())
 
 
-def test_fused_attention_is_scoped_and_restored(small_model):
-    before = fused_attention_flags(small_model)
-    small_model.blocks[1].attn.fused_attn = not before["blocks.1.attn"]
-    mixed = fused_attention_flags(small_model)
+def test_fused_attention_is_scoped_and_restored(tiny):
+    before = fused_attention_flags(tiny)
+    tiny.blocks[1].attn.fused_attn = not before["blocks.1.attn"]
+    mixed = fused_attention_flags(tiny)
     with pytest.raises(ZeroDivisionError):
-        with fused_attention(small_model, enabled=False):
-            assert not any(fused_attention_flags(small_model).values())
+        with fused_attention(tiny, enabled=False):
+            assert not any(fused_attention_flags(tiny).values())
             1 / 0
-    assert fused_attention_flags(small_model) == mixed
-    small_model.blocks[1].attn.fused_attn = before["blocks.1.attn"]
+    assert fused_attention_flags(tiny) == mixed
+    tiny.blocks[1].attn.fused_attn = before["blocks.1.attn"]

@@ -1,4 +1,4 @@
-"""Step 5: the classification head by hand: final norm -> class token -> linear -> softmax.
+"""Notebook 05_classification_head: the classification head by hand: final norm -> class token -> linear -> softmax.
 
 ViT-B/16 classifies from the class token alone (y = LN(z_L^0)); mean pooling is shown
 as the alternative that some from-scratch courses used.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .encoder import final_norm_by_hand, linear_by_hand, run_blocks_one_at_a_time
+from .encoder_stack import final_norm_by_hand, linear_by_hand, run_blocks_one_at_a_time
 from .errors import VitInspectError
 from .model_info import num_prefix_tokens_of
 
@@ -19,12 +19,12 @@ POOLINGS = {
 }
 
 
-def pool_tokens(tokens: torch.Tensor, pool: str = "token", num_prefix: int = 1) -> torch.Tensor:
+def pool_tokens(tokens: torch.Tensor, num_prefix_tokens: int, pool: str = "token") -> torch.Tensor:
     """One vector per image from normed tokens (B, N, D): (B, D). ``pool`` is a key of POOLINGS."""
     if pool == "token":
         return tokens[:, 0]  # (B, D)
     if pool == "avg":
-        return tokens[:, num_prefix:].mean(dim=1)  # (B, D)
+        return tokens[:, num_prefix_tokens:].mean(dim=1)  # (B, D)
     if pool == "avg_all":
         return tokens.mean(dim=1)  # (B, D)
     raise VitInspectError(f"unknown pooling {pool!r}; choose from {', '.join(POOLINGS)}")
@@ -37,7 +37,7 @@ def head_by_hand(model: nn.Module, stream: torch.Tensor, pool: str = "token") ->
     ``pool="token"`` the logits equal ``model.forward_head(model.norm(stream))``.
     """
     normed = final_norm_by_hand(model, stream)  # (B, N, D)
-    pooled = model.fc_norm(pool_tokens(normed, pool, num_prefix_tokens_of(model)))  # (B, D)
+    pooled = model.fc_norm(pool_tokens(normed, num_prefix_tokens_of(model), pool))  # (B, D)
     logits = linear_by_hand(model.head, pooled)  # (B, C)
     return {"normed": normed, "pooled": pooled, "logits": logits, "probs": logits.softmax(dim=-1)}
 

@@ -1,4 +1,4 @@
-"""Step 3: one block's multi-head self-attention computed by hand, and the course's mistakes.
+"""Notebook 03_attention_by_hand: one block's multi-head self-attention by hand, and the course's mistakes.
 
 Correct order: norm1 -> qkv linear -> split heads -> q k^T / sqrt(d) -> softmax -> A v
 -> merge heads -> proj.
@@ -10,8 +10,8 @@ import math
 import torch
 from torch import nn
 
-from .attention import fused_attention
 from .errors import VitInspectError
+from .model_info import tokens_to_grid
 
 MISTAKES = ("skip_norm1", "no_scale", "no_softmax", "divide_after_softmax")
 MISTAKE_DESCRIPTIONS = {
@@ -36,7 +36,7 @@ def _weights_from_scores(scores: torch.Tensor, mistake: str | None, D: int) -> t
     return weights
 
 
-def attention_by_hand(block: nn.Module, x: torch.Tensor, mistake: str | None = None) -> dict[str, torch.Tensor]:
+def self_attention_by_hand(block: nn.Module, x: torch.Tensor, mistake: str | None = None) -> dict[str, torch.Tensor]:
     """Block ``block``'s attention branch on the residual stream ``x`` (B, N, D), by hand.
 
     Returns normed (B, N, D), qkv (B, N, 3D), q/k/v (B, H, N, d), scores (B, H, N, N)
@@ -61,33 +61,15 @@ def attention_by_hand(block: nn.Module, x: torch.Tensor, mistake: str | None = N
             "attn": weights, "merged": merged, "out": out}
 
 
-def timm_attention_weights(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The attention weights timm itself computes in ``block.attn(block.norm1(x))``: (B, H, N, N).
-
-    Fused attention is switched off for the call (and restored), and a forward hook on
-    ``attn_drop`` records its output; the hook is removed even if the forward fails.
-    """
-    recorded: list[torch.Tensor] = []
-    handle = block.attn.attn_drop.register_forward_hook(lambda _m, _i, out: recorded.append(out.detach()))
-    try:
-        with fused_attention(block, enabled=False):
-            block.attn(block.norm1(x))
-    finally:
-        handle.remove()
-    if len(recorded) != 1:
-        raise VitInspectError(f"expected one attention map from the block, recorded {len(recorded)}")
-    return recorded[0]
-
-
 def mistake_errors(block: nn.Module, x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
     """How far each mistake lands from the correct computation (0-dim tensors).
 
     ``{mistake: {"out": ||out_m - out|| / ||out||, "attn": max |A_m - A|}}``.
     """
-    right = attention_by_hand(block, x)
+    right = self_attention_by_hand(block, x)
     errors = {}
     for mistake in MISTAKES:
-        wrong = attention_by_hand(block, x, mistake)
+        wrong = self_attention_by_hand(block, x, mistake)
         errors[mistake] = {
             "out": (wrong["out"] - right["out"]).norm() / right["out"].norm(),
             "attn": (wrong["attn"] - right["attn"]).abs().max(),
@@ -95,22 +77,12 @@ def mistake_errors(block: nn.Module, x: torch.Tensor) -> dict[str, dict[str, tor
     return errors
 
 
-def token_index(row: int, col: int, grid: tuple[int, int], num_prefix: int = 1) -> int:
-    """Index in the token sequence of patch (row, col); prefix tokens come first."""
-    gh, gw = grid
-    if not (0 <= row < gh and 0 <= col < gw):
-        raise VitInspectError(f"patch ({row}, {col}) is outside the {gh}x{gw} grid")
-    return num_prefix + row * gw + col
-
-
-def query_attention_maps(attn: torch.Tensor, query: int, grid: tuple[int, int],
-                         num_prefix: int = 1, image: int = 0) -> torch.Tensor:
+def query_attention_maps(attention: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int,
+                         query: int, image: int = 0) -> torch.Tensor:
     """Attention of token ``query`` over the patch keys, per head: (H, gh, gw).
 
-    ``attn`` is (B, H, N, N); the prefix-token keys are left out.
+    ``attention`` is one layer's (B, H, N, N); the prefix-token keys are left out.
     """
-    gh, gw = grid
-    if not 0 <= query < attn.shape[-2]:
-        raise VitInspectError(f"query token {query} is outside the sequence of {attn.shape[-2]} tokens")
-    row = attn[image, :, query, num_prefix:]  # (H, gh*gw)
-    return row.reshape(row.shape[0], gh, gw)  # (H, gh, gw)
+    if not 0 <= query < attention.shape[-2]:
+        raise VitInspectError(f"query token {query} is outside the sequence of {attention.shape[-2]} tokens")
+    return tokens_to_grid(attention[image, :, query], grid, num_prefix_tokens)  # (H, gh, gw)

@@ -1,18 +1,13 @@
-"""Step 4: LayerNorm, GELU, MLP, the residual additions and the whole stack, against timm."""
+"""Notebook 04 helpers: LayerNorm, GELU, MLP, the residual additions and the whole stack, against timm."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
-from vit_inspect import (VitInspectError, attention_by_hand, block_by_hand, create_untrained, gelu_exact,
+from vit_inspect import (VitInspectError, self_attention_by_hand, block_by_hand, create_untrained, gelu_exact,
                          gelu_tanh, layer_norm_by_hand, mlp_by_hand, run_blocks_one_at_a_time,
                          tokens_with_position)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return create_untrained("vit_tiny_patch16_224", seed=4)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +84,7 @@ def test_block_by_hand_equals_timm_and_needs_both_residuals(tiny, z0):
 def test_a_block_with_norm1_skipped_is_wrong(tiny, z0):
     block = tiny.blocks[0]
     with torch.no_grad():
-        wrong_attn = attention_by_hand(block, z0, "skip_norm1")["out"]
+        wrong_attn = self_attention_by_hand(block, z0, "skip_norm1")["out"]
         wrong = z0 + wrong_attn + block.mlp(block.norm2(z0 + wrong_attn))
         with pytest.raises(AssertionError):
             assert_close(wrong, block(z0))

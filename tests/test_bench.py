@@ -1,0 +1,17 @@
+"""The benchmark's machinery: interleaved rounds and the FLOP count it reports against."""
+import pytest
+
+from vit_inspect import create_untrained
+from vit_inspect.bench import VIT_B16_GFLOPS, forward_gflops, interleaved
+
+
+def test_bench_rounds_interleave_in_rotating_order_and_drop_the_warm_up():
+    order = []
+    times = interleaved({name: (lambda name=name: order.append(name)) for name in "abc"}, rounds=3, warmup=1)
+    assert order == list("abc" "bca" "cab" "abc")
+    assert {name: len(seconds) for name, seconds in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_bench_flop_count_matches_the_known_vit_b16_figure():
+    assert forward_gflops(create_untrained("vit_base_patch16_224")) == pytest.approx(VIT_B16_GFLOPS, abs=0.05)
+    assert forward_gflops(create_untrained("vit_base_patch32_224")) == pytest.approx(8.8, abs=0.1)  # timm: 4.4 GMACs

@@ -1,0 +1,201 @@
+"""`vit-inspect report|distance|download`: correct output for valid input, one-line errors otherwise."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vit_inspect import capture, class_name, load_vit, mean_attention_distance, preprocess, sample_images, top_k
+from vit_inspect import weights as weights_module
+from vit_inspect.cli import join_negative_values, main
+
+from .conftest import TINY
+
+
+def report(image, out, *extra) -> int:
+    return main(["report", str(image), "--out", str(out), "--model", TINY, "--weights", "random", *extra])
+
+
+def last_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    return err.splitlines()[-1] if err else ""
+
+
+def test_help_and_argument_errors_import_neither_torch_nor_timm():
+    code = ("import sys\nfrom vit_inspect.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "main(['report', 'x.png', '--out', 'o', '--query', '1'])\n"
+            "assert not {'torch', 'timm'} & set(sys.modules), sorted(m for m in sys.modules if 'torch' in m)[:3]\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "expected ROW,COL" in result.stderr and "usage: vit-inspect" in result.stdout
+
+
+def test_values_that_start_with_a_minus_reach_the_checks():
+    assert join_negative_values(["report", "a.png", "--query", "-1,3", "--layer", "-2", "--out", "o"]) == \
+        ["report", "a.png", "--query=-1,3", "--layer=-2", "--out", "o"]
+    assert join_negative_values(["--query", "--force"]) == ["--query=--force"]
+
+
+
+@pytest.mark.parametrize("kind", ["rgba", "palette_transparent", "grey16", "cmyk", "bilevel",
+                                  "float", "exif_rotated", "animated"])
+def test_report_for_each_valid_kind(valid, tmp_path, kind):
+    assert report(valid[kind], tmp_path / "out") == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    model, _ = load_vit(TINY, weights="random")
+    with torch.inference_mode():
+        expected = top_k(model(preprocess(valid[kind], model).tensor)).rows(0)
+    assert [row["index"] for row in summary["top5"]] == [row["index"] for row in expected]
+    for row, want in zip(summary["top5"], expected):
+        assert row["label"] == class_name(row["index"])
+        assert row["probability"] == pytest.approx(want["probability"], rel=1e-4)
+    assert summary["input_size"] == [3, 224, 224] and summary["model"] == TINY
+    assert summary["weights"]["trained"] is False and "UNTRAINED" in summary["weights"]["label"]
+    assert Image.open(tmp_path / "out" / "report.png").size[0] > 500
+
+
+@pytest.mark.parametrize("kind", ["not_an_image", "empty", "truncated_png", "truncated_jpg",
+                                  "missing", "directory", "bomb"])
+def test_invalid_image_exit_1_one_line(invalid, tmp_path, capsys, kind):
+    assert report(invalid[kind], tmp_path / "out") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vit-inspect: error:") and str(invalid[kind]) in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated_jpg", "bomb"])
+def test_entry_point_prints_no_traceback(invalid, tmp_path, kind):
+    result = subprocess.run([sys.executable, "-m", "vit_inspect", "report", str(invalid[kind]),
+                             "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_refuses_to_overwrite_without_force(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "my_work.txt").write_text("keep me")
+    assert report(sample_images()[0], out) == 1
+    assert "--force" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["my_work.txt"]
+    assert report(sample_images()[0], out, "--force") == 0
+    assert (out / "my_work.txt").read_text() == "keep me" and (out / "summary.json").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "report.txt"
+    target.write_text("x")
+    assert report(sample_images()[0], target) == 1
+    assert "not a directory" in capsys.readouterr().err and target.read_text() == "x"
+
+
+def test_bad_weights_file_is_one_line(tmp_path, capsys):
+    code = main(["report", str(sample_images()[0]), "--out", str(tmp_path / "o"),
+                 "--model", TINY, "--weights", str(tmp_path / "none.safetensors")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "none.safetensors" in err and "\n" not in err
+
+
+def test_download_offline_is_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["download"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cannot reach the Hugging Face hub" in err and "\n" not in err
+
+
+def test_download_prints_the_path_to_pass(monkeypatch, tmp_path, capsys):
+    """Network simulated: the hub client is replaced by a copy into --to."""
+    def fake_download(repo_id, filename, local_dir=None):
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"weights")
+        return str(target)
+
+    monkeypatch.setattr("vit_inspect.weights.hub_reachable", lambda: True)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
+    assert main(["download", "--to", str(tmp_path / "w")]) == 0
+    assert f"weights=: {tmp_path / 'w' / 'model.safetensors'}" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- report arguments
+
+@pytest.mark.parametrize("args, words", [
+    (["--query", "14,0"], ["--query 14,0", "14x14", "rows 0..13"]),
+    (["--query", "0,-1"], ["--query 0,-1", "numbered from 0"]),
+    (["--query", "-1,3"], ["--query -1,3", "numbered from 0"]),
+    (["--query", "3"], ["ROW,COL"]),
+    (["--query", "a,b"], ["ROW,COL"]),
+    (["--layer", "12"], ["--layer 12", "0..11"]),
+    (["--layer", "-1"], ["--layer -1", "numbered from 0"]),
+    (["--layer", "x"], ["--layer x", "integer"]),
+])
+def test_bad_query_or_layer_is_one_line_before_any_weights(tmp_path, capsys, monkeypatch, args, words):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were built before the arguments were checked")
+    monkeypatch.setattr(weights_module, "create_untrained", no_weights)
+    monkeypatch.setattr(weights_module, "load_vit", no_weights)
+    assert report(sample_images()[0], tmp_path / "out", *args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vit-inspect: error:") and "\n" not in err
+    assert all(word in err for word in words), err
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- distance
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    for path in sample_images()[:3]:
+        shutil.copy(path, folder / path.name)
+    (folder / "notes.txt").write_text("not an image, skipped by suffix")
+    return folder
+
+
+def test_distance_over_a_folder_writes_json(tiny, photo_folder, tmp_path, capsys):
+    out = tmp_path / "sub" / "distance.json"
+    assert main(["distance", str(photo_folder), "--out", str(out), "--model", TINY,
+                 "--weights", "random", "--batch-size", "2"]) == 0
+    result = json.loads(out.read_text())
+    per_image = [mean_attention_distance(capture(tiny, preprocess(p, tiny).tensor)["attention"],
+                                         (14, 14), 1, 16)[0] for p in sorted(photo_folder.glob("*.*g"))]
+    torch.testing.assert_close(torch.tensor(result["attention_distance"]), torch.stack(per_image).mean(dim=0))
+    assert result["num_images"] == 3 and result["weights"]["trained"] is False
+    assert result["grid"] == [14, 14] and result["patch_size"] == 16
+    printed = capsys.readouterr().out
+    assert "UNTRAINED" in printed and "block 11" in printed
+
+
+def test_distance_errors_are_one_line(invalid, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(sample_images()[0], bad / "a_good.png")
+    shutil.copy(invalid["truncated_png"], bad / "b_truncated.png")
+    cases = [(tmp_path / "missing", "no such folder"), (empty, "no image files"),
+             (sample_images()[0], "is not a folder"), (bad, "b_truncated.png")]
+    for folder, words in cases:
+        assert main(["distance", str(folder), "--model", TINY, "--weights", "random"]) == 1
+        line = last_error_line(capsys)
+        assert line.startswith("vit-inspect: error:") and words in line
+    assert main(["distance", str(bad), "--batch-size", "0", "--model", TINY]) == 1
+    assert "--batch-size 0" in last_error_line(capsys)
+
+
+def test_entry_point_prints_no_traceback_on_a_bad_image_in_the_folder(invalid, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(invalid["not_an_image"], folder / "fake.jpg")
+    result = subprocess.run([sys.executable, "-m", "vit_inspect", "distance", str(folder), "--model", TINY,
+                             "--weights", "random"], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("vit-inspect: error:")
+    assert "fake.jpg" in result.stderr
