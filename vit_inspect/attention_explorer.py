@@ -175,7 +175,8 @@ class Drawn(NamedTuple):
 class AttentionExplorer:
     """The explorer's widgets, its per-image cache and its redraw; display it in a notebook.
 
-    ``captures`` counts the forward passes it ran; ``drawn`` says what is on screen;
+    ``captures`` counts the forward passes it ran, ``redraws`` the pictures it drew;
+    ``drawn`` says what is on screen;
     ``panels`` is the head-panel picture (``plot_head_panels(explorer.panels)`` shows it
     as a Figure) and ``summary_figure`` the rollout and top-5 Figure.
     """
@@ -185,7 +186,7 @@ class AttentionExplorer:
         self.grid, self.prefix = grid_size_of(model), num_prefix_tokens_of(model)
         self.warning = weights_warning(provenance)
         self.cache: OrderedDict[str, ImageAnalysis] = OrderedDict()
-        self.captures = 0
+        self.captures = self.redraws = 0
         self.drawn: Drawn | None = None
         self._holding = False
         self._build_widgets(len(model.blocks), model.blocks[0].attn.num_heads)
@@ -292,6 +293,7 @@ class AttentionExplorer:
         self.picker.src = "data:image/png;base64," + base64.b64encode(
             image_bytes(patch_picker_image(analysis.crop, self.grid, cell))).decode("ascii")
         self.drawn = Drawn(name, self.layer.value, head, cell, maps)
+        self.redraws += 1
 
 
 def explorer(model: nn.Module | LoadedViT | None = None,
