@@ -162,3 +162,54 @@ def test_head_panels_colour_each_map_from_zero_to_its_max_and_outline_the_query(
     strip_x = x + 4 * k + 6 + 7
     assert np.abs(pixels[y, strip_x] - top).max() <= 1 and np.abs(pixels[y + 4 * k - 1, strip_x] - bottom).max() <= 1
     assert plot_head_panels(panels).axes[0].get_images()[0].get_array().shape[:2] == pixels.shape[:2]
+
+
+_PICKER_PAGE = """<!DOCTYPE html>
+<html><body><div id="root" style="width: 280px"></div><pre id="result"></pre>
+<script type="module">
+const source = SOURCE;
+const module = await import(URL.createObjectURL(new Blob([source], {type: "text/javascript"})));
+const state = {src: PICTURE, grid: [GH, GW], cell: [0, 0]};
+const calls = [];
+const model = {get: (key) => state[key], set: (key, value) => { state[key] = value; calls.push([key, value]); },
+               on: () => {}, save_changes: () => calls.push(["save_changes"])};
+const el = document.getElementById("root");
+module.default.render({model, el});
+const img = el.querySelector("img");
+await new Promise((resolve) => img.complete ? resolve() : img.addEventListener("load", resolve));
+const box = img.getBoundingClientRect();
+for (const [row, col] of CLICKS) {
+  img.dispatchEvent(new MouseEvent("click", {bubbles: true,
+    clientX: box.left + (col + 0.5) * box.width / GW, clientY: box.top + (row + 0.5) * box.height / GH}));
+}
+document.getElementById("result").textContent = JSON.stringify({calls, width: box.width, natural: img.naturalWidth});
+</script></body></html>
+"""
+
+
+def test_the_picker_turns_a_click_in_the_browser_into_the_patch_under_it(tmp_path):
+    """The picker's own JavaScript in headless Chromium, the picture shown smaller than its pixels."""
+    import base64
+    import json
+    import os
+    import re
+
+    from vit_inspect.attention_explorer import _PICKER_ESM
+    from vit_inspect.export import dump_dom, find_chromium
+    from vit_inspect.plotting import image_bytes, patch_picker_image
+
+    if find_chromium() is None:
+        if os.environ.get("VIT_INSPECT_REQUIRE_CHROMIUM"):
+            pytest.fail("VIT_INSPECT_REQUIRE_CHROMIUM is set but chromium is not on PATH")
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium); CI installs it and runs this")
+    grid = (7, 10)  # not square, so a transposed row/column cannot pass
+    picture = patch_picker_image(Image.new("RGB", (160, 112), (90, 120, 30)), grid, (0, 0), patch_px=36)
+    url = "data:image/png;base64," + base64.b64encode(image_bytes(picture)).decode("ascii")
+    clicks = [[3, 8], [6, 0], [0, 9]]
+    page = tmp_path / "picker.html"
+    page.write_text(_PICKER_PAGE.replace("SOURCE", json.dumps(_PICKER_ESM)).replace("PICTURE", json.dumps(url))
+                    .replace("GH", str(grid[0])).replace("GW", str(grid[1])).replace("CLICKS", json.dumps(clicks)))
+    found = re.search(r'<pre id="result">(.*?)</pre>', dump_dom(page), flags=re.DOTALL)
+    result = json.loads(found.group(1).replace("&quot;", '"'))
+    assert result["width"] == 280 and result["natural"] == 360, "drawn smaller than its natural size"
+    assert result["calls"] == [item for click in clicks for item in (["cell", click], ["save_changes"])]

@@ -224,6 +224,24 @@ def _run_chromium(chromium: str, args: list[str], profile: Path, timeout: float)
     return done.stdout
 
 
+def dump_dom(page: Path, chromium: str | None = None, screenshot: Path | None = None,
+             timeout: float = 120.0) -> str:
+    """Load ``page`` in headless Chromium, let its scripts run, and return the DOM it ends with.
+
+    With ``screenshot``, a PNG of the page (1280 pixels wide) is saved there too.
+    """
+    chromium = chromium or find_chromium()
+    if chromium is None:
+        raise VitInspectError("chromium not found on PATH (Debian: apt-get install chromium)")
+    with tempfile.TemporaryDirectory(prefix="vit-inspect-browser-") as profile:
+        dom = _run_chromium(chromium, ["--virtual-time-budget=20000", "--dump-dom", page.resolve().as_uri()],
+                            Path(profile), timeout)
+        if screenshot is not None:
+            _run_chromium(chromium, [f"--screenshot={screenshot.resolve()}", "--window-size=1280,1600",
+                                     "--virtual-time-budget=20000", page.resolve().as_uri()], Path(profile), timeout)
+    return dom
+
+
 def check_in_browser(page: Path, screenshot: Path | None = None, chromium: str | None = None,
                      timeout: float = 120.0) -> BrowserReport:
     """Open ``page`` in headless Chromium: each image's natural size, outputs showing an error, a screenshot.
@@ -231,20 +249,14 @@ def check_in_browser(page: Path, screenshot: Path | None = None, chromium: str |
     The page is read from a copy with a small script that reports what the browser
     rendered once everything has loaded; the screenshot is taken of the page itself.
     """
-    chromium = chromium or find_chromium()
-    if chromium is None:
-        raise VitInspectError("chromium not found on PATH (Debian: apt-get install chromium)")
-    with tempfile.TemporaryDirectory(prefix="vit-inspect-browser-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vit-inspect-page-") as tmp:
         copy = Path(tmp) / page.name
         source = page.read_text(encoding="utf-8")
         copy.write_text(source.replace("</body>", _CHECK_SCRIPT + "</body>", 1) if "</body>" in source
                         else source + _CHECK_SCRIPT, encoding="utf-8")
-        dom = _run_chromium(chromium, ["--virtual-time-budget=20000", "--dump-dom", copy.resolve().as_uri()],
-                            Path(tmp) / "profile", timeout)
-        if screenshot is not None:
-            _run_chromium(chromium, [f"--screenshot={screenshot.resolve()}", "--window-size=1280,1600",
-                                     "--virtual-time-budget=20000", page.resolve().as_uri()],
-                          Path(tmp) / "profile", timeout)
+        dom = dump_dom(copy, chromium, timeout=timeout)
+    if screenshot is not None:
+        dump_dom(page, chromium, screenshot, timeout)
     found = re.search(r'<pre id="vit-inspect-browser-check">(.*?)</pre>', dom, flags=re.DOTALL)
     if found is None:
         raise VitInspectError(f"{page}: the browser never finished loading the page")
