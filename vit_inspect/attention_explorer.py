@@ -44,6 +44,7 @@ ImageSource = Union[str, os.PathLike, Image.Image]
 ALL_HEADS = -1
 CACHED_IMAGES = 8  # each ViT-B/16 image's attention is 12 x 12 x 197 x 197 floats, about 22 MB
 PANEL_PX = {"all": 224, "one": 448}  # a panel's width on screen, all heads / one head
+PICKER_PATCH_PX = 24  # pixels per patch in the picture one clicks on
 
 
 # ---------------- compute: once per image, then only indexing
@@ -202,8 +203,10 @@ class AttentionExplorer:
                                      value=ALL_HEADS, description="head", style=wide)
         self.row = widgets.IntSlider(gh // 2, min=0, max=gh - 1, description="query row", style=wide)
         self.col = widgets.IntSlider(gw // 2, min=0, max=gw - 1, description="query column", style=wide)
-        self.picker = PatchPicker(grid=[gh, gw], cell=[gh // 2, gw // 2])
-        self.view = widgets.Image(format="jpeg", layout=widgets.Layout(max_width="100%"))
+        self.picker = PatchPicker(grid=[gh, gw], cell=[gh // 2, gw // 2],  # full size: a target to click
+                                  layout=widgets.Layout(min_width=f"{PICKER_PATCH_PX * gw}px", flex="0 0 auto"))
+        self.view = widgets.Image(format="jpeg", layout=widgets.Layout(flex="1 1 0%", min_width="0",
+                                                                        height="auto", object_fit="contain"))
         self.summary = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
         self.status = widgets.HTML()
         self.image.observe(lambda change: self._select(change["new"]), "value")
@@ -291,7 +294,7 @@ class AttentionExplorer:
         self.view.value = image_bytes(self.panels.picture, "jpeg")
         self.picker.cell = list(cell)
         self.picker.src = "data:image/png;base64," + base64.b64encode(
-            image_bytes(patch_picker_image(analysis.crop, self.grid, cell))).decode("ascii")
+            image_bytes(patch_picker_image(analysis.crop, self.grid, cell, PICKER_PATCH_PX))).decode("ascii")
         self.drawn = Drawn(name, self.layer.value, head, cell, maps)
         self.redraws += 1
 

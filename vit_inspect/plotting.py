@@ -391,7 +391,7 @@ def plot_rollout_with_scale(crop: Image.Image, rollout_grid: torch.Tensor, ax: A
     bar = ax.figure.colorbar(image, ax=ax, shrink=0.8, label="rollout weight")
     bar.solids.set_alpha(1.0)  # the scale in full colour, not washed out like the overlay
     ax.set_axis_off()
-    ax.set_title(f"{warning} - {title}" if warning else title, color="red" if warning else "black")
+    ax.set_title(f"{warning}\n{title}" if warning else title, color="red" if warning else "black")
     return ax.figure
 
 
@@ -402,7 +402,7 @@ def plot_explorer_summary(crop: Image.Image, rollout_grid: torch.Tensor, topk: T
         fig = Figure(figsize=(13, 4.6), dpi=EXPLORER_DPI, layout="constrained")
         left, right = fig.subplots(1, 2, width_ratios=(1, 1.3))
         plot_rollout_with_scale(crop, rollout_grid, ax=left, warning=warning)
-        plot_top_k(topk, image=image, ax=right, title=f"{warning} - top-5" if warning else "top-5")
+        plot_top_k(topk, image=image, ax=right, title=f"{warning}\ntop-5" if warning else "top-5")
         right.title.set_color("red" if warning else "black")
         if title:
             fig.suptitle(title)
