@@ -11,7 +11,7 @@ from PIL import Image
 from vit_inspect import capture, explorer, preprocess, sample_images
 from vit_inspect.attention_explorer import (ALL_HEADS, image_from_bytes, query_maps, uploaded_files,
                                             weights_warning)
-from vit_inspect.errors import ImageError
+from vit_inspect.errors import ImageError, VitInspectError
 from vit_inspect.plotting import draw_head_panels, plot_head_panels
 from vit_inspect.weights import Provenance
 
@@ -117,6 +117,19 @@ def test_a_bad_upload_is_one_red_line_naming_the_file(model, photos):
         image_from_bytes("empty.png", b"")
     with pytest.raises(ImageError, match="cut.png: truncated"):
         image_from_bytes("cut.png", png_bytes()[:60])
+
+
+def test_an_unreadable_image_is_a_red_line_and_the_widgets_keep_working(model, photos, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a picture")
+    demo = explorer((model, TRAINED), images={**photos, "broken": tmp_path / "broken.png"})
+    demo.image.value = "broken"
+    assert "broken.png: not an image" in demo.status.value and "red" in demo.status.value
+    demo.layer.value = 2  # no traceback from the callback
+    assert "broken.png" in demo.status.value
+    demo.image.value = "rgb"
+    assert demo.drawn.image == "rgb" and demo.drawn.layer == 2
+    with pytest.raises(VitInspectError, match="images is empty"):
+        explorer((model, TRAINED), images={})
 
 
 def test_untrained_and_unknown_weights_are_labelled_in_red(model, photos):

@@ -111,12 +111,12 @@ def image_sources(images: Mapping[str, ImageSource] | Sequence[ImageSource] | No
     if images is None:
         return {path.name: path for path in sample_images()}
     if isinstance(images, Mapping):
-        return dict(images)
-    named = {}
-    for i, image in enumerate(images):
-        named[f"image {i}" if isinstance(image, Image.Image) else os.path.basename(os.fspath(image))] = image
+        named = dict(images)
+    else:
+        named = {f"image {i}" if isinstance(image, Image.Image) else os.path.basename(os.fspath(image)): image
+                 for i, image in enumerate(images)}
     if not named:
-        raise VitInspectError("explorer: images is empty")
+        raise VitInspectError("explorer: images is empty; pass paths or PIL images, or None for the bundled photos")
     return named
 
 
@@ -261,8 +261,12 @@ class AttentionExplorer:
         self._changed()
 
     def _changed(self) -> None:
-        if not self._holding:
+        if self._holding:
+            return
+        try:
             self.redraw()
+        except VitInspectError as err:  # e.g. the chosen image could not be read: say so, keep the widgets
+            self._say(str(err), error=True)
 
     def _say(self, text: str, error: bool = False) -> None:
         colour = "red" if error else "black"
