@@ -106,6 +106,8 @@ def test_uploads_of_both_ipywidgets_versions_are_added_and_shown(model, photos):
     demo._uploaded(v8)
     assert demo.image.value == "upload: red.png" and demo.drawn.image == "upload: red.png"
     assert demo.captures == 2
+    demo._uploaded({"red.png": {"content": png_bytes(colour=(0, 0, 250))}})  # another file, same name
+    assert demo.captures == 3 and np.asarray(demo.cache["upload: red.png"].crop)[0, 0, 2] == 250
 
 
 def test_a_bad_upload_is_one_red_line_naming_the_file(model, photos):

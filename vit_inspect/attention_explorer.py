@@ -249,6 +249,8 @@ class AttentionExplorer:
             self.sources[key] = image
             self.cache.pop(key, None)  # a new file under an old name
             self.image.options = list(self.sources)
+            if self.image.value == key:  # already chosen: setting it again would not notify
+                self._select(key)
             self.image.value = key
 
     def _clicked(self, cell: list[int]) -> None:
