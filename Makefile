@@ -32,7 +32,7 @@ notebooks: $(STAMP)
 
 ## make slides / make html: the notebooks, executed, as reveal.js slides or web pages with an index.
 ## They refuse a non-empty folder that no export made: FORCE=1 writes into it anyway.
-## REVEAL=path/to/reveal.js serves reveal.js from a local copy (default: nbconvert's CDN).
+## EXPORT_ARGS="--reveal-prefix DIR --require-js FILE --jquery FILE": local copies instead of nbconvert's CDNs.
 ## NOTEBOOKS="notebooks/03_attention_by_hand.ipynb ..." exports only those (default: all, in order).
 SLIDES_OUT ?= build/slides
 HTML_OUT   ?= build/html
@@ -40,10 +40,10 @@ NOTEBOOKS  ?=
 EXPORT_FLAGS = $(if $(filter 1 yes true,$(FORCE)),--force)
 
 slides: $(STAMP)
-	$(PY) -m vit_inspect.export slides --out $(SLIDES_OUT) $(EXPORT_FLAGS) $(if $(REVEAL),--reveal-prefix $(REVEAL)) $(NOTEBOOKS)
+	$(PY) -m vit_inspect.export slides --out $(SLIDES_OUT) $(EXPORT_FLAGS) $(EXPORT_ARGS) $(NOTEBOOKS)
 
 html: $(STAMP)
-	$(PY) -m vit_inspect.export html --out $(HTML_OUT) $(EXPORT_FLAGS) $(NOTEBOOKS)
+	$(PY) -m vit_inspect.export html --out $(HTML_OUT) $(EXPORT_FLAGS) $(EXPORT_ARGS) $(NOTEBOOKS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info

@@ -88,12 +88,13 @@ def test_html_export_renders_in_chromium(explorer_notebook, chromium, tmp_path):
 
 def test_slides_put_each_slide_of_the_rule_in_a_section(explorer_notebook, tmp_path):
     index, slides = export_pages([explorer_notebook], tmp_path / "slides", kind="slides",
-                                 reveal_prefix="reveal.js")
+                                 scripts={"reveal_url_prefix": "reveal.js", "require_js_url": "lib/require.js"})
     text = slides.read_text()
     types = slide_types(explorer_notebook.notebook.cells)
     # nbconvert opens a slide with two sections (horizontal, then its first vertical one), a subslide with one
     assert text.count("<section") == 2 * types.count("slide") + types.count("subslide")
     assert '"reveal.js/dist/reveal.js"' in text, "reveal.js is loaded from --reveal-prefix"
+    assert 'src="lib/require.js"' in text and "var scroll = true" in text, "tall slides scroll"
     assert "10_attention_explorer.slides.html" in index.read_text()
 
 

@@ -1,7 +1,8 @@
 """Lecture hand-outs: the notebooks executed and exported as reveal.js slides or web pages.
 
     python -m vit_inspect.export html   [--out build/html]   [--force] [NOTEBOOK ...]   (make html)
-    python -m vit_inspect.export slides [--out build/slides] [--force] [--reveal-prefix URL] [NOTEBOOK ...]
+    python -m vit_inspect.export slides [--out build/slides] [--force] [--reveal-prefix URL] [--require-js URL]
+                                        [--jquery URL] [NOTEBOOK ...]
     python -m vit_inspect.export slide-metadata NOTEBOOK ...   set the slide rule's metadata in place
     python -m vit_inspect.export check-html PAGE.html ...      open pages in headless Chromium
 
@@ -159,15 +160,21 @@ def write_index(out: Path, pages: Sequence[tuple[str, str]], heading: str) -> Pa
 
 
 def export_pages(executed: Sequence[Executed], out: Path, kind: str = "html", force: bool = False,
-                 reveal_prefix: str | None = None) -> list[Path]:
-    """Write each executed notebook as a web page ("html") or reveal.js slides ("slides"), plus index.html."""
+                 scripts: dict[str, str] | None = None) -> list[Path]:
+    """Write each executed notebook as a web page ("html") or reveal.js slides ("slides"), plus index.html.
+
+    ``scripts``: where the pages load their libraries from instead of nbconvert's CDNs, as
+    exporter options (``reveal_url_prefix``, ``require_js_url``, ``jquery_url``): local copies
+    make the slides work without network. Tall slides scroll, so code and figure stay together.
+    """
     from nbconvert import HTMLExporter, SlidesExporter
 
     prepare_folder(out, force)
+    options = {key: value for key, value in (scripts or {}).items() if value}
     if kind == "slides":
-        exporter = SlidesExporter(reveal_url_prefix=reveal_prefix) if reveal_prefix else SlidesExporter()
+        exporter = SlidesExporter(reveal_scroll=True, **options)
     else:
-        exporter = HTMLExporter(template_name="lab")
+        exporter = HTMLExporter(template_name="lab", **{k: v for k, v in options.items() if k != "reveal_url_prefix"})
     pages, written = [], []
     for item in executed:
         notebook = item.notebook
@@ -292,7 +299,8 @@ def _export(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         executed.append(execute_notebook(path))
         print(f"executed {path} ({time.perf_counter() - start:.0f} s)", flush=True)
-    written = export_pages(executed, args.out, args.command, args.force, args.reveal_prefix)
+    scripts = {"reveal_url_prefix": args.reveal_prefix, "require_js_url": args.require_js, "jquery_url": args.jquery}
+    written = export_pages(executed, args.out, args.command, args.force, scripts)
     print(f"wrote {len(written) - 1} page(s) and {written[0]}")
 
 
@@ -313,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("notebooks", nargs="*", help="default: notebooks/*.ipynb")
         command.add_argument("--out", type=Path, default=Path("build") / kind)
         command.add_argument("--force", action="store_true", help="write into a non-empty folder an export did not make")
-        command.add_argument("--reveal-prefix", default=None,
-                             help="where reveal.js is (default: nbconvert's, on a CDN); a local copy works offline")
+        for option, what in (("--reveal-prefix", "the reveal.js folder"), ("--require-js", "require.js"),
+                             ("--jquery", "jquery.min.js")):
+            command.add_argument(option, default=None, help=f"URL or path of {what} (default: nbconvert's CDN); "
+                                 "local copies make the pages work offline")
     commands.add_parser("slide-metadata", help="set the slide rule's metadata in place").add_argument(
         "notebooks", nargs="+")
     commands.add_parser("check-html", help="open exported pages in headless Chromium").add_argument("pages", nargs="+")
