@@ -35,8 +35,7 @@ from .errors import ImageError, VitInspectError
 from .images import load_image, preprocess, sample_images
 from .labels import TopK, top_k
 from .model_info import DEFAULT_MODEL, grid_size_of, num_prefix_tokens_of, token_index, tokens_to_grid
-from .plotting import (HeadPanels, draw_head_panels, figure_bytes, image_bytes, patch_picker_image,
-                       plot_explorer_summary)
+from .plotting import draw_head_panels, figure_bytes, image_bytes, patch_picker_image, plot_explorer_summary
 from .recorder import capture
 from .weights import LoadedViT, Provenance, load_vit
 

@@ -150,7 +150,8 @@ def notebook_title(notebook: nbformat.NotebookNode, fallback: str) -> str:
 def write_index(out: Path, pages: Sequence[tuple[str, str]], heading: str) -> Path:
     """``out/index.html``: the pages [(file name, title)] as links, in order."""
     items = "\n".join(f'  <li><a href="{html.escape(name)}">{html.escape(title)}</a></li>' for name, title in pages)
-    page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(heading)}</title>\n'
+    page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<title>{html.escape(heading)}</title>\n'
             '<style>body { font-family: sans-serif; font-size: 22px; max-width: 46em; margin: 2em auto; }\n'
             'li { margin: 0.5em 0; }</style>\n</head>\n<body>\n'
             f'<h1>{html.escape(heading)}</h1>\n<ol>\n{items}\n</ol>\n</body>\n</html>\n')
@@ -320,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         command = commands.add_parser(kind, help=f"execute the notebooks and export them as {kind}")
         command.add_argument("notebooks", nargs="*", help="default: notebooks/*.ipynb")
         command.add_argument("--out", type=Path, default=Path("build") / kind)
-        command.add_argument("--force", action="store_true", help="write into a non-empty folder an export did not make")
+        command.add_argument("--force", action="store_true",
+                             help="write into a non-empty folder that no export made")
         for option, what in (("--reveal-prefix", "the reveal.js folder"), ("--require-js", "require.js"),
                              ("--jquery", "jquery.min.js")):
             command.add_argument(option, default=None, help=f"URL or path of {what} (default: nbconvert's CDN); "
