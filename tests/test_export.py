@@ -75,7 +75,7 @@ def test_exports_never_write_into_a_users_folder_without_force(tmp_path):
         prepare_folder(tmp_path / "file", force=True)
 
 
-def test_html_export_renders_in_chromium(explorer_notebook, chromium, tmp_path):
+def test_html_export_renders_in_chromium(chromium, explorer_notebook, tmp_path):
     index, page = export_pages([explorer_notebook], tmp_path / "html")
     assert 'href="10_attention_explorer.html"' in index.read_text()
     report = check_in_browser(page, screenshot=tmp_path / "page.png", chromium=chromium)
