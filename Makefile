@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_OUT := demo-report
 
-.PHONY: demo test bench notebooks clean
+.PHONY: demo test bench notebooks slides html clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,21 @@ bench: $(STAMP)
 ## make notebooks: re-execute the notebooks, keeping only weight-independent outputs
 notebooks: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) scripts/execute_notebooks.py notebooks/*.ipynb
+
+## make slides / make html: the notebooks, executed, as reveal.js slides or web pages with an index.
+## They refuse a non-empty folder that no export made: FORCE=1 writes into it anyway.
+## EXPORT_ARGS="--reveal-prefix DIR --require-js FILE --jquery FILE": local copies instead of nbconvert's CDNs.
+## NOTEBOOKS="notebooks/03_attention_by_hand.ipynb ..." exports only those (default: all, in order).
+SLIDES_OUT ?= build/slides
+HTML_OUT   ?= build/html
+NOTEBOOKS  ?=
+EXPORT_FLAGS = $(if $(filter 1 yes true,$(FORCE)),--force)
+
+slides: $(STAMP)
+	$(PY) -m vit_inspect.export slides --out $(SLIDES_OUT) $(EXPORT_FLAGS) $(EXPORT_ARGS) $(NOTEBOOKS)
+
+html: $(STAMP)
+	$(PY) -m vit_inspect.export html --out $(HTML_OUT) $(EXPORT_FLAGS) $(EXPORT_ARGS) $(NOTEBOOKS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info

@@ -38,6 +38,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "attention_maps": ("HEAD_FUSIONS", "fuse_heads", "attention_rollout", "rollout_to_grid", "grid_argmax",
                        "patch_centres", "patch_distances", "mean_attention_distance",
                        "uniform_attention_distance", "average_attention_distance"),
+    "attention_explorer": ("explorer",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -5,16 +5,19 @@ as the CLI report, and returns the matplotlib Figure. Sections follow the notebo
 """
 from __future__ import annotations
 
+import io
 import math
-from typing import Sequence
+from functools import lru_cache
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from matplotlib import colormaps
+from matplotlib import colormaps, font_manager, rc_context
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .labels import TopK
 
@@ -283,3 +286,158 @@ def _head_colours(count: int) -> list[tuple]:
     """A distinct colour per head: tab10 up to 10 heads, tab20 (cycled) beyond."""
     palette = colormaps["tab10" if count <= 10 else "tab20"]
     return [palette(head % palette.N) for head in range(count)]
+
+
+
+# ---------------- 10 attention explorer
+# Drawn for a projector: large type, one colour bar per panel starting at 0, and a red
+# label on every panel when the weights are not known to be trained. The head panels are
+# drawn with numpy and Pillow (no matplotlib layout or resampling), so a redraw stays fast.
+
+EXPLORER_FONT_SIZE = 16
+EXPLORER_DPI = 72
+_STRIP_PX, _LABEL_PX, _TITLE_PX, _GAP_PX, _MARGIN_PX = 14, 70, 30, 6, 8
+_RED, _BLACK, _CYAN = (214, 0, 0), (0, 0, 0), (0, 255, 255)
+
+
+class HeadPanels(NamedTuple):
+    picture: Image.Image              # RGB, one pixel per screen pixel
+    origins: list[tuple[int, int]]    # (x, y) pixel of each panel's top-left corner
+    patch_px: int                     # pixels per patch side in a panel
+
+
+@lru_cache(maxsize=4)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """Matplotlib's own DejaVu Sans, so the pictures need no system fonts."""
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+
+
+def draw_head_panels(crop: Image.Image, maps: torch.Tensor, query_cell: tuple[int, int] | None,
+                     heads: Sequence[int], title: str = "", warning: str | None = None,
+                     panel_px: int = 224, ncols: int = 4, cmap: str = "inferno", alpha: float = 0.55) -> HeadPanels:
+    """One panel per map (K, gh, gw) over the crop, each with its own colour bar from 0 to its maximum.
+
+    ``heads`` names the panels ("head 3"); ``query_cell`` (row, col) is outlined in cyan (None:
+    the query is a prefix token); ``warning`` (e.g. "UNTRAINED") goes in red into every panel
+    title and the title. Drawn with numpy and Pillow, not matplotlib, so that the explorer
+    redraws all twelve heads well within its time budget; every patch is ``patch_px`` pixels.
+    """
+    K, gh, gw = maps.shape
+    k = max(1, panel_px // max(gh, gw))
+    base = np.asarray(crop.resize((k * gw, k * gh), Image.BICUBIC), dtype=np.float32) / 255  # (h, w, 3)
+    h, w, _ = base.shape
+    cols, rows = min(ncols, K), math.ceil(K / ncols)
+    cell_w, cell_h, top = w + _GAP_PX + _STRIP_PX + _LABEL_PX, _TITLE_PX + h + _GAP_PX, 2 * _TITLE_PX if title else 0
+    pixels = np.ones((top + rows * cell_h, _MARGIN_PX + cols * cell_w, 3), np.float32)  # (height, width, 3)
+    lut = colormaps[cmap]
+    strip = lut(np.linspace(1, 0, h))[:, None, :3].repeat(_STRIP_PX, axis=1)  # (h, strip, 3), maximum on top
+    origins = [(_MARGIN_PX + c * cell_w, top + r * cell_h + _TITLE_PX) for r, c in (divmod(i, cols) for i in range(K))]
+    values = _numpy(maps).astype(np.float32)  # (K, gh, gw)
+    for (x, y), heat in zip(origins, values):
+        colours = lut(heat / max(float(heat.max()), 1e-12))[..., :3]  # (gh, gw, 3), 0 -> bottom colour
+        colours = colours.repeat(k, axis=0).repeat(k, axis=1)  # (h, w, 3)
+        pixels[y:y + h, x:x + w] = (1 - alpha) * base + alpha * colours
+        pixels[y:y + h, x + w + _GAP_PX:x + w + _GAP_PX + _STRIP_PX] = strip
+    picture = Image.fromarray((pixels * 255).round().astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(picture)
+    _label_head_panels(draw, origins, values, heads, query_cell, (h, w, k), warning)
+    if title:
+        draw.text((picture.width / 2, _TITLE_PX), f"{warning} - {title}" if warning else title,
+                  fill=_RED if warning else _BLACK, font=_font(EXPLORER_FONT_SIZE + 2), anchor="mm")
+    return HeadPanels(picture, origins, k)
+
+
+def _label_head_panels(draw: ImageDraw.ImageDraw, origins: list[tuple[int, int]], values: np.ndarray,
+                       heads: Sequence[int], query_cell: tuple[int, int] | None, panel: tuple[int, int, int],
+                       warning: str | None) -> None:
+    """Panel titles, each colour strip's scale (0 at the bottom, the maximum on top), the query box."""
+    h, w, k = panel
+    colour, font, small = (_RED if warning else _BLACK), _font(EXPLORER_FONT_SIZE), _font(EXPLORER_FONT_SIZE - 2)
+    for (x, y), heat, head in zip(origins, values, heads):
+        draw.text((x, y - 4), f"{warning} head {head}" if warning else f"head {head}", fill=colour, font=font,
+                  anchor="ld")
+        label_x = x + w + _GAP_PX + _STRIP_PX + 4
+        draw.text((label_x, y), f"{float(heat.max()):.3g}", fill=_BLACK, font=small, anchor="lt")
+        draw.text((label_x, y + h), "0", fill=_BLACK, font=small, anchor="ld")
+        if query_cell is not None:
+            row, col = query_cell
+            draw.rectangle((x + col * k, y + row * k, x + (col + 1) * k - 1, y + (row + 1) * k - 1),
+                           outline=_CYAN, width=3)
+
+
+def plot_head_panels(panels: HeadPanels, ax: Axes | None = None, title: str = "") -> Figure:
+    """The head panels' picture as a matplotlib Figure (one picture pixel per screen pixel without ``ax``)."""
+    if ax is None:
+        width, height = panels.picture.size
+        fig = Figure(figsize=(width / EXPLORER_DPI, height / EXPLORER_DPI), dpi=EXPLORER_DPI)
+        ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(panels.picture, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax.figure
+
+
+def plot_rollout_with_scale(crop: Image.Image, rollout_grid: torch.Tensor, ax: Axes | None = None,
+                            title: str = "class-token rollout", warning: str | None = None,
+                            cmap: str = "inferno", alpha: float = 0.55) -> Figure:
+    """The class token's rollout (gh, gw) over the crop, with a colour bar from 0 to its maximum."""
+    ax = axes_or_new(ax, size=5.0)
+    heat = _numpy(rollout_grid)
+    width, height = crop.size
+    ax.imshow(crop)
+    image = ax.imshow(heat, cmap=cmap, alpha=alpha, extent=(0, width, height, 0), interpolation="nearest",
+                      vmin=0, vmax=float(heat.max()))
+    bar = ax.figure.colorbar(image, ax=ax, shrink=0.8, label="rollout weight")
+    bar.solids.set_alpha(1.0)  # the scale in full colour, not washed out like the overlay
+    ax.set_axis_off()
+    ax.set_title(f"{warning}\n{title}" if warning else title, color="red" if warning else "black")
+    return ax.figure
+
+
+def plot_explorer_summary(crop: Image.Image, rollout_grid: torch.Tensor, topk: TopK, image: int = 0,
+                          warning: str | None = None, title: str = "") -> Figure:
+    """What does not change with layer, head or query: the class token's rollout and the top-5."""
+    with rc_context({"font.size": EXPLORER_FONT_SIZE}):
+        fig = Figure(figsize=(13, 4.6), dpi=EXPLORER_DPI, layout="constrained")
+        left, right = fig.subplots(1, 2, width_ratios=(1, 1.3))
+        plot_rollout_with_scale(crop, rollout_grid, ax=left, warning=warning)
+        plot_top_k(topk, image=image, ax=right, title=f"{warning}\ntop-5" if warning else "top-5")
+        right.title.set_color("red" if warning else "black")
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def patch_picker_image(crop: Image.Image, grid: tuple[int, int], query_cell: tuple[int, int] | None,
+                      patch_px: int = 24) -> Image.Image:
+    """The crop enlarged with its patch grid and the query patch outlined: the picture one clicks on."""
+    gh, gw = grid
+    picture = crop.resize((gw * patch_px, gh * patch_px), Image.BICUBIC)
+    draw = ImageDraw.Draw(picture)
+    for i in range(1, gh):
+        draw.line([(0, i * patch_px), (picture.width, i * patch_px)], fill=(255, 255, 255), width=1)
+    for j in range(1, gw):
+        draw.line([(j * patch_px, 0), (j * patch_px, picture.height)], fill=(255, 255, 255), width=1)
+    if query_cell is not None:
+        row, col = query_cell
+        box = (col * patch_px, row * patch_px, (col + 1) * patch_px - 1, (row + 1) * patch_px - 1)
+        draw.rectangle(box, outline=(0, 255, 255), width=3)
+    return picture
+
+
+def image_bytes(picture: Image.Image, format: str = "png", quality: int = 90) -> bytes:
+    """A picture as PNG or JPEG bytes for an image widget (PNG lightly compressed: speed over size)."""
+    out = io.BytesIO()
+    if format == "jpeg":
+        picture.convert("RGB").save(out, format="JPEG", quality=quality)
+    else:
+        picture.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def figure_bytes(fig: Figure, format: str = "png") -> bytes:
+    """The figure rendered by Agg, as PNG or JPEG bytes."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return image_bytes(Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()), format)
