@@ -4,8 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_OUT := demo-report
+HOMEWORK_DIR ?= homework
 
-.PHONY: demo test bench notebooks clean
+.PHONY: demo test bench notebooks homework clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,10 @@ bench: $(STAMP)
 ## make notebooks: re-execute the notebooks, keeping only weight-independent outputs
 notebooks: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) scripts/execute_notebooks.py notebooks/*.ipynb
+
+## make homework: the student versions of the notebooks, in $(HOMEWORK_DIR)/ (FORCE=1 overwrites)
+homework: $(STAMP)
+	$(PY) scripts/make_homework.py --out $(HOMEWORK_DIR) $(if $(filter 1,$(FORCE)),--force) notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info
