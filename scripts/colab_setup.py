@@ -34,7 +34,7 @@ SETUP_TAG = "colab-setup"
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^/\s)]+/[^/\s)]+/blob/[^/\s)]+/")
-GIT_INSTALL = re.compile(r"git\+https://github\.com/[^/\s)\"']+/[^/\s)\"']+?(?=[\s)\"']|$)")
+GIT_ADDRESS = re.compile(r"(git\+|git clone )https://github\.com/[^/\s)\"']+/[^/\s)\"']+?(?=[\s)\"']|$)")
 
 
 def repository_url(pyproject: Path = ROOT / "pyproject.toml") -> str:
@@ -163,9 +163,9 @@ def path_in_repo(path: Path) -> str | None:
 
 
 def with_readme_links(text: str, repository: str) -> str:
-    """README text whose Colab links and git+ installs name ``repository``."""
+    """README text whose Colab links, ``git+`` installs and ``git clone`` lines name ``repository``."""
     text = COLAB_LINK.sub(colab_url(repository, ""), text)
-    return GIT_INSTALL.sub(f"git+{repository}", text)
+    return GIT_ADDRESS.sub(lambda match: match.group(1) + repository, text)
 
 
 def main(argv: list[str] | None = None) -> int:

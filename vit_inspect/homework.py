@@ -185,7 +185,8 @@ def _result_of(check_cell: nbformat.NotebookNode, spec: dict[str, Any]) -> dict[
                       "is vit-inspect installed where the notebook runs?"}
 
 
-def _new_client(notebook: nbformat.NotebookNode, path: Path, timeout: int):
+def notebook_client(notebook: nbformat.NotebookNode, path: Path, timeout: int):
+    """An nbclient NotebookClient on a kernel of this Python, in ``path``'s folder, that keeps going after errors."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
@@ -221,7 +222,7 @@ def check_notebook(path: Path, timeout: int = 300) -> CheckReport:
     """
     notebook = read_homework(path)
     try:
-        client = _new_client(notebook, path, timeout)
+        client = notebook_client(notebook, path, timeout)
     except ImportError as error:
         raise VitInspectError(f"vit-inspect check needs nbclient and ipykernel ({error.name} is missing): "
                               "pip install nbclient ipykernel") from None
