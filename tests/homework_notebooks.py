@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 from torchvision.transforms.functional import to_tensor
 
-from vit_inspect import (grid_size_of, load_image, load_vit, patch_size_of, preprocess, run_blocks_one_at_a_time,
-                         sample_images, tokens_with_position, top_k)"""
+from vit_inspect import (grid_size_of, load_image, load_vit, patch_size_of, pos_embed_similarity, preprocess,
+                         run_blocks_one_at_a_time, sample_images, tokens_with_position, top_k)"""
 
 SETUP = f"""\
 torch.set_grad_enabled(False)
@@ -91,6 +91,10 @@ q, k, v = qkv_heads.permute(2, 0, 3, 1, 4)  # each (B, H, N, d)""",
     "attention": """\
 scores = q @ k.transpose(-2, -1)  # (B, H, N, N)
 A = scores.softmax(dim=-1)  # (B, H, N, N)""",
+    # right, but under another name: the `similarity` an earlier cell left must not count
+    "pos_similarity": """\
+unit = F.normalize(model.pos_embed[0, 1:], dim=-1)  # (gh*gw, D)
+sim = (unit @ unit.T).reshape(gh, gw, gh, gw)  # (gh, gw, gh, gw)""",
 }
 
 ANSWERS = {
@@ -125,6 +129,7 @@ def solution_notebook(replace: dict[str, str] | None = None, extra_cells: tuple[
              task_cell("qkv_split", solutions["qkv_split"]),
              new_markdown_cell("**Explain:** why do the rows of A sum to 1?"),
              task_cell("attention", solutions["attention"]), answer_cell("attention"),
+             new_code_cell("similarity = pos_embed_similarity(model)  # (gh, gw, gh, gw), what the package gives"),
              task_cell("pos_similarity", solutions["pos_similarity"]),
              new_code_cell('stream = run_blocks_one_at_a_time(model, x)["stream"][-1]  # (B, N, D)'),
              task_cell("top5", solutions["top5"]),

@@ -23,6 +23,8 @@ from vit_inspect.homework import (BEGIN_SOLUTION, CODE_STUB, END_SOLUTION, TEXT_
 
 from .homework_notebooks import MISTAKES, TASK_CODE, solution_notebook
 
+CLASSIC = ("patch_split", "qkv_split", "attention")  # the course's three classic mistakes, in MISTAKES
+
 ROOT = Path(__file__).resolve().parent.parent
 TASK_NAMES = list(TASK_CODE)
 
@@ -162,7 +164,7 @@ def rows(output: str) -> dict[str, list[str]]:
     lines = output.splitlines()
     found = {}
     for i, line in enumerate(lines):
-        if re.match(r"\s+In \[\d+\]\s", line):  # not "In [11]: NameError" under "other cells"
+        if re.match(r"\s+In \[\d+\]\s", line):  # not "In [12]: NameError" under "other cells"
             title = line.split("]", 1)[1].strip().split("  ")[0]
             found[title] = [line] + ([lines[i + 1]] if i + 1 < len(lines) and "advice:" in lines[i + 1] else [])
     return found
@@ -200,9 +202,11 @@ def mistakes_report(tmp_path_factory) -> CheckReport:
 def test_check_names_each_classic_mistake(mistakes_report):
     results = {task["task"]: task for task in mistakes_report.tasks}
     assert list(results) == TASK_NAMES
-    assert {name: results[name]["mistake"] for name in MISTAKES} == \
+    assert {name: results[name]["mistake"] for name in CLASSIC} == \
         {"patch_split": "original_image", "qkv_split": "skip_norm1", "attention": "no_scale"}
-    assert [results[name]["status"] for name in TASK_NAMES] == ["fail", "fail", "fail", "pass", "pass"]
+    assert [results[name]["status"] for name in TASK_NAMES] == ["fail", "fail", "fail", "fail", "pass"]
+    similarity, = results["pos_similarity"]["checks"]
+    assert similarity["status"] == "missing", "a value left by an earlier cell must not pass for the student's"
     assert results["patch_split"]["error"].startswith("AssertionError: one row of C*P*P values per patch (line")
     assert results["qkv_split"]["error"] is None, "a mistake that raises nothing is found by its values"
 
@@ -212,9 +216,9 @@ def test_check_table_gives_one_line_of_advice_per_failure(mistakes_report):
     table = rows(output)
     assert "un-resized" in table["patch split"][1] and "LayerNorm" in table["qkv reshape and split"][1]
     assert "1/sqrt(d)" in table["scaled softmax attention"][1]
-    assert [len(row) for row in table.values()] == [2, 2, 2, 1, 1]
-    assert "In [11]: NameError: name 'no_such_name' is not defined (line 1: print(no_such_name))" in output
-    assert "2 of 5 tasks pass." in output and "Traceback" not in output
+    assert [len(row) for row in table.values()] == [2, 2, 2, 2, 1]
+    assert "In [12]: NameError: name 'no_such_name' is not defined (line 1: print(no_such_name))" in output
+    assert "1 of 5 tasks pass." in output and "Traceback" not in output
 
 
 def test_check_survives_a_kernel_that_dies(tmp_path):
@@ -253,6 +257,7 @@ def test_error_line_comes_from_the_students_cell():
     cell.outputs = [nbformat.v4.new_output("error", ename="RuntimeError", evalue="shape '[1, 197, 3, 12, 64]' is "
                                            "invalid for input of size 10", traceback=[
         "\x1b[0;31mRuntimeError\x1b[0m  Traceback (most recent call last)",
+        "Cell \x1b[0;32mIn[7], line 3\x1b[0m\n\x1b[1;32m----> 3\x1b[0m b = f()",
         "Cell \x1b[0;32mIn[7], line 2\x1b[0m\n\x1b[1;32m----> 2\x1b[0m q = qkv.reshape(...)",
         "File torch/_tensor.py, line 99, in reshape"])]
     assert error_of(cell) == ("RuntimeError: shape '[1, 197, 3, 12, 64]' is invalid for input of size 10 "

@@ -81,7 +81,8 @@ def photo(g, squash: bool = False) -> torch.Tensor:
     pixels = to_tensor(image.resize((224, 224)) if squash else image)  # (C, H, W)
     if not squash:
         pixels = pixels[:, :pixels.shape[1] // P * P, :pixels.shape[2] // P * P]
-    return ((pixels - 0.485) / 0.229).unsqueeze(0)  # (B, C, H, W), constants copied by hand
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    return ((pixels - mean) / std).unsqueeze(0)  # (B, C, H, W), ImageNet constants copied by hand
 
 
 RIGHT = {
