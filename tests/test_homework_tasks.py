@@ -12,23 +12,27 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import to_tensor
 
-from vit_inspect import load_image, preprocess, sample_images, tokens_with_position
+from vit_inspect import create_untrained, load_image, preprocess, sample_images, tokens_with_position
 from vit_inspect.homework_tasks import (TASKS, _same_ranking, check_task, forget_outputs, helpers_called,
                                         same, same_up_to_channel_affine)
 
 P = 16
 
 
-@pytest.fixture(scope="module")
-def given(tiny):
+def givens(model) -> dict:
     """What a notebook's given cells define, and every student answer below is built from."""
     with torch.no_grad():
         image_path = next(p for p in sample_images() if p.name == "chelsea.png")
-        x = preprocess(image_path, tiny).tensor  # (B, C, H, W)
-        block = tiny.blocks[0]
-        z0 = tokens_with_position(tiny, tiny.patch_embed(x))  # (B, N, D)
-        stream = tiny.blocks(z0)  # (B, N, D)
-    return {"model": tiny, "image_path": image_path, "x": x, "block": block, "z0": z0, "stream": stream}
+        x = preprocess(image_path, model).tensor  # (B, C, H, W)
+        block = model.blocks[0]
+        z0 = tokens_with_position(model, model.patch_embed(x))  # (B, N, D)
+        stream = model.blocks(z0)  # (B, N, D)
+    return {"model": model, "image_path": image_path, "x": x, "block": block, "z0": z0, "stream": stream}
+
+
+@pytest.fixture(scope="module")
+def given(tiny):
+    return givens(tiny)
 
 
 def cut(images: torch.Tensor, order: str = "c s1 s2") -> torch.Tensor:
@@ -135,6 +139,20 @@ def test_right_answers_pass(given, task):
     assert result["status"] == "pass", result
     assert [c["status"] for c in result["checks"]] == ["match"] * len(TASKS[task].outputs)
     assert result["advice"] is None and result["substituted"] == []
+
+
+@pytest.mark.parametrize("task", ["qkv_split", "attention"])
+def test_right_answers_pass_when_the_heads_are_not_three(task):
+    """With 3 heads, (B, N, 3, H, d) and (B, N, H, 3, d) are the same reshape: ViT-Ti/16 cannot tell them apart."""
+    four_heads = givens(create_untrained("vit_tiny_patch16_224", seed=0, num_heads=4, depth=2))
+    with torch.no_grad():
+        answers = RIGHT[task](four_heads)
+    assert answers["A" if task == "attention" else "q"].shape[1] == 4
+    assert run(task, four_heads, answers)[0]["status"] == "pass"
+    if task == "qkv_split":
+        with torch.no_grad():
+            wrong = MISTAKEN["qkv_split", "heads_then_three"](four_heads)
+        assert run(task, four_heads, wrong)[0]["mistake"] == "heads_then_three"
 
 
 def test_answers_without_the_batch_of_one_pass(given):
