@@ -229,11 +229,39 @@ def test_problems_of_the_checker_come_back_as_failures_not_exceptions(given):
 
 
 def test_forget_outputs_drops_only_the_tasks_variables():
-    namespace = {"q": 1, "k": 2, "v": 3, "qkv_heads": 4, "model": 5}
+    namespace = {"q": 1, "k": 2, "v": 3, "qkv_heads": 4, "model": 5, "q_8": 6}
     forget_outputs("qkv_split", namespace)
-    assert namespace == {"model": 5}
+    assert namespace == {"model": 5, "q_8": 6}
     forget_outputs("no_such_task", namespace)
+    forget_outputs("qkv_split", namespace, {"names": {"q": "q_8"}})
     assert namespace == {"model": 5}
+
+
+def test_an_exercise_renames_variables_and_sets_the_patch_size(given):
+    """{"task": "patch_split", "patch_size": 32, "names": {...}}: the same check on other names and numbers."""
+    params = {"patch_size": 32, "names": {"patches": "patches_32", "model": "vit", "image_path": "photo"}}
+    namespace = {"vit": given["model"], "photo": given["image_path"], "patches": cut(given["x"])}
+    with torch.no_grad():
+        namespace["patches_32"] = given["x"].reshape(1, 3, 7, 32, 7, 32).permute(0, 2, 4, 1, 3, 5).reshape(1, 49, -1)
+        result = check_task("patch_split", namespace, params=params)
+    assert result["status"] == "pass" and result["checks"][0]["name"] == "patches_32"
+    namespace["patches_32"] = namespace["patches"]  # the 16-pixel patches where 32 were asked for
+    with torch.no_grad():
+        result = check_task("patch_split", namespace, params=params)
+    assert result["status"] == "fail" and "`patches_32` should be (B, N, C*P*P) = (1, 49, 3072)" in result["advice"]
+    assert result["substituted"] == ["patches_32"] and namespace["patches_32"].shape == (1, 49, 3072)
+    assert namespace["patches"].shape == (1, 196, 768), "the walk-through's own variable is left alone"
+
+
+def test_a_block_parameter_checks_another_block(given):
+    with torch.no_grad():
+        stream = given["model"].blocks[:5](given["z0"])  # (B, N, D), the input of block 5
+        deeper = qkv_split({**given, "block": given["model"].blocks[5], "z0": stream})
+        result = check_task("qkv_split", {"model": given["model"], "image_path": given["image_path"], **deeper},
+                            params={"block": 5})
+        assert result["status"] == "pass"
+        assert check_task("qkv_split", {"model": given["model"], "image_path": given["image_path"],
+                                        **qkv_split(given)}, params={"block": 5})["status"] == "fail"
 
 
 def test_top5_classes_that_tie_may_come_in_either_order():

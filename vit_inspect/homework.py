@@ -36,7 +36,7 @@ BEGIN_SOLUTION = "### BEGIN SOLUTION"
 END_SOLUTION = "### END SOLUTION"
 CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 TEXT_STUB = "YOUR ANSWER HERE"
-TASK_KEY = "vit_inspect"  # cell metadata: {"vit_inspect": {"task": "qkv_split", "block": 0}}
+TASK_KEY = "vit_inspect"  # cell metadata: {"vit_inspect": {"task": "qkv_split", "block": 8, "names": {...}}}
 RESULT_MIME = "application/vnd.vit-inspect.check+json"  # as homework_tasks.RESULT_MIME, without torch
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CELL_LINE = re.compile(r"Cell In\[\d+\], line (\d+)")
@@ -238,19 +238,10 @@ def check_notebook(path: Path, timeout: int = 300) -> CheckReport:
     return CheckReport(str(path), weights, tasks, other_errors, stopped)
 
 
-def _run_injected(client, notebook: nbformat.NotebookNode, index: int, call: nbformat.NotebookNode) -> None:
-    """Run a checker cell in the kernel; nbclient stores what it runs at ``index``, so put the student's back."""
-    cell = notebook.cells[index]
-    try:
-        client.execute_cell(call, index, store_history=False)
-    finally:
-        notebook.cells[index] = cell
-
-
 def _run_cells(client, notebook: nbformat.NotebookNode, tasks: list, other_errors: list) -> str | None:
     from nbclient.exceptions import DeadKernelError
 
-    specs = [task_of(cell) for cell in notebook.cells]
+    specs = [task_of(cell) for cell in notebook.cells]  # read first: nbclient stores what it runs at its index
     count = 0
     for index, (cell, spec) in enumerate(zip(notebook.cells, specs)):
         if cell.cell_type != "code" or not cell.source.strip():
@@ -258,12 +249,13 @@ def _run_cells(client, notebook: nbformat.NotebookNode, tasks: list, other_error
         count += 1
         try:
             if spec:
-                _run_injected(client, notebook, index, _kernel_call("forget_outputs", repr(spec["task"]), "globals()"))
+                params = {key: value for key, value in spec.items() if key != "task"}
+                forget = _kernel_call("forget_outputs", repr(spec["task"]), "globals()", repr(params))
+                client.execute_cell(forget, index, store_history=False)
             client.execute_cell(cell, index, execution_count=count)
             if spec:
-                params = {key: value for key, value in spec.items() if key != "task"}
                 check = _kernel_call("report_task", repr(spec["task"]), "globals()", repr(cell.source), repr(params))
-                _run_injected(client, notebook, index, check)
+                client.execute_cell(check, index, store_history=False)
                 tasks.append({**_result_of(check, spec), "cell": count, "error": error_of(cell)})
             elif error_of(cell):
                 other_errors.append(f"In [{count}]: {error_of(cell)}")

@@ -29,7 +29,7 @@ from .attention_by_hand import self_attention_by_hand
 from .classification_head import head_by_hand
 from .encoder_stack import linear_by_hand, run_blocks_one_at_a_time
 from .images import data_config_of, load_image, preprocess
-from .model_info import grid_size_of, patch_size_of
+from .model_info import patch_size_of
 from .patches import patchify
 from .position_embeddings import patch_pos_embed, pos_embed_similarity, tokens_with_position
 
@@ -47,13 +47,24 @@ class MissingGiven(Exception):
 
 # ---------------------------------------------------------------- context
 
+def variable(name: str, params: dict[str, Any]) -> str:
+    """The notebook's name for ``name``: an exercise may rename (``{"names": {"patches": "patches_32"}}``)."""
+    return params.get("names", {}).get(name, name)
+
+
 class Context:
-    """What the notebook gave the task: its model and image, and the reference inputs built from them."""
+    """What the notebook gave the task: its model and image, and the reference inputs built from them.
+
+    ``params`` come from the task cell's metadata: ``block`` (default 0), ``patch_size``
+    (default the model's) and ``names`` (the notebook's names for the model, the image
+    and the task's variables, where an exercise uses others).
+    """
 
     def __init__(self, namespace: dict[str, Any], params: dict[str, Any]):
         self.namespace, self.params = namespace, params
 
     def given(self, name: str) -> Any:
+        name = variable(name, self.params)
         if name not in self.namespace:
             raise MissingGiven(name)
         return self.namespace[name]
@@ -72,7 +83,7 @@ class Context:
 
     @property
     def P(self) -> int:
-        return patch_size_of(self.model)
+        return self.params.get("patch_size") or patch_size_of(self.model)
 
     @property
     def block(self) -> nn.Module:
@@ -214,7 +225,7 @@ def _squashed_patches(ctx: Context) -> Tensors:
 
 
 def _column_major(ctx: Context) -> Tensors:
-    gh, gw = grid_size_of(ctx.model)
+    gh, gw = ctx.x.shape[-2] // ctx.P, ctx.x.shape[-1] // ctx.P
     patches = patchify(ctx.x, ctx.P)  # (B, N, C*P*P)
     B, N, V = patches.shape
     return {"patches": patches.reshape(B, gh, gw, V).transpose(1, 2).reshape(B, N, V)}  # (B, N, C*P*P)
@@ -418,16 +429,19 @@ TASKS: dict[str, Task] = {task.name: task for task in (PATCH_SPLIT, QKV_SPLIT, A
 
 # ---------------------------------------------------------------- checking one task
 
-def forget_outputs(name: str, namespace: dict[str, Any]) -> None:
+def forget_outputs(name: str, namespace: dict[str, Any], params: dict[str, Any] | None = None) -> None:
     """Drop the task's variables before its cell runs, so a stale value cannot pass for the student's."""
-    for variable in getattr(TASKS.get(name), "outputs", ()):
-        namespace.pop(variable, None)
+    for output in getattr(TASKS.get(name), "outputs", ()):
+        namespace.pop(variable(output, params or {}), None)
 
 
-def compare_output(task: Task, name: str, value: Any, reference: Tensors) -> dict[str, Any]:
-    """One variable against the reference: status match | missing | not_tensor | shape | values."""
+def compare_output(task: Task, name: str, value: Any, reference: Tensors, label: str | None = None) -> dict[str, Any]:
+    """Output ``name`` (the notebook's variable ``label``) against the reference.
+
+    Status: match | missing | not_tensor | shape | values.
+    """
     expected = reference[name]
-    result = {"name": name, "expected_shape": list(expected.shape)}
+    result = {"name": label or name, "output": name, "expected_shape": list(expected.shape)}
     if value is _MISSING:
         return {**result, "status": "missing"}
     student = as_tensor(value)
@@ -480,7 +494,7 @@ def helpers_called(task: Task, source: str) -> list[str]:
 
 def generic_advice(task: Task, check: dict[str, Any]) -> str:
     name, shape = check["name"], tuple(check["expected_shape"])
-    expected = f"{task.outputs[name]} = {shape}"
+    expected = f"{task.outputs[check['output']]} = {shape}"
     if check["status"] == "missing":
         return f"assign `{name}` {expected}: {task.hint}"
     if check["status"] == "not_tensor":
@@ -518,20 +532,22 @@ def check_task(name: str, namespace: dict[str, Any], source: str = "", params: d
 
 def _evaluate(task: Task, ctx: Context, namespace: dict[str, Any], source: str, substitute: bool) -> dict[str, Any]:
     reference = task.reference(ctx)
-    students = {name: namespace.get(name, _MISSING) for name in task.outputs}
-    checks = [compare_output(task, name, students[name], reference) for name in task.outputs]
+    names = {output: variable(output, ctx.params) for output in task.outputs}
+    students = {output: namespace.get(names[output], _MISSING) for output in task.outputs}
+    checks = [compare_output(task, output, students[output], reference, names[output]) for output in task.outputs]
     failing = [check for check in checks if check["status"] != "match"]
     helpers = helpers_called(task, source)
-    mistake = find_mistake(task, ctx, students, [check["name"] for check in failing]) if failing else None
+    mistake = find_mistake(task, ctx, students, [check["output"] for check in failing]) if failing else None
     if mistake:
         advice = mistake.advice
     elif failing:
         advice = generic_advice(task, failing[0])
     else:
         advice = f"write it by hand: calling {', '.join(helpers)} is what the walk-through does" if helpers else None
-    substituted = [check["name"] for check in failing] if substitute else []
-    for variable in substituted:  # later tasks are then checked on their own, not on this one's error
-        namespace[variable] = reference[variable].clone()
+    substituted = [check["output"] for check in failing] if substitute else []
+    for output in substituted:  # later tasks are then checked on their own, not on this one's error
+        namespace[names[output]] = reference[output].clone()
+    substituted = [names[output] for output in substituted]
     return {"status": "fail" if failing or helpers else "pass", "checks": checks, "helpers": helpers,
             "mistake": mistake.name if mistake else None, "advice": advice, "substituted": substituted}
 
