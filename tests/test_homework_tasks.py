@@ -80,6 +80,11 @@ def head(g, pooled: torch.Tensor | None = None, softmax: bool = True) -> dict:
             "top5_probs": top.values if softmax else logits.topk(5, dim=-1).values}
 
 
+def width(g) -> int:
+    """D, the model width: 192 for ViT-Ti, 768 for ViT-B."""
+    return g["z0"].shape[-1]
+
+
 def photo(g, squash: bool = False) -> torch.Tensor:
     image = load_image(g["image_path"])
     pixels = to_tensor(image.resize((224, 224)) if squash else image)  # (C, H, W)
@@ -108,9 +113,9 @@ MISTAKEN = {  # (task, mistake) -> the student's variables, computed the mistake
     ("qkv_split", "heads_then_three"): lambda g: qkv_split(g, three_first=False),
     ("qkv_split", "q_k_swapped"): lambda g: (lambda s: {**s, "q": s["k"], "k": s["q"]})(qkv_split(g)),
     ("qkv_split", "no_permute"): lambda g: (lambda s: {**s, **dict(zip("qkv", s["qkv_heads"].unbind(2)))})(qkv_split(g)),
-    ("attention", "divide_after_softmax"): lambda g: (lambda a: {**a, "A": a["A"] / math.sqrt(192)})(attention(g, 1.0)),
+    ("attention", "divide_after_softmax"): lambda g: (lambda a: {**a, "A": a["A"] / math.sqrt(width(g))})(attention(g, 1.0)),
     ("attention", "no_scale"): lambda g: attention(g, scale=1.0),
-    ("attention", "scale_by_sqrt_D"): lambda g: attention(g, scale=192 ** -0.5),
+    ("attention", "scale_by_sqrt_D"): lambda g: attention(g, scale=width(g) ** -0.5),
     ("attention", "no_softmax"): lambda g: (lambda a: {**a, "A": a["scores"]})(attention(g)),
     ("attention", "softmax_over_queries"): lambda g: attention(g, softmax_dim=-2),
     ("attention", "skip_norm1"): lambda g: attention(g, normed=False),
