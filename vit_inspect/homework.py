@@ -227,13 +227,13 @@ def check_notebook(path: Path, timeout: int = 300) -> CheckReport:
         raise VitInspectError(f"vit-inspect check needs nbclient and ipykernel ({error.name} is missing): "
                               "pip install nbclient ipykernel") from None
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    tasks, other_errors, weights, stopped = [], [], None, None
+    tasks, other_errors = [], []
     try:
         # the kernel's own stderr carries only its start-up chatter; the cells' output comes over its channels
         with client.setup_kernel(env=env, cleanup_kc=True, stderr=subprocess.DEVNULL):
             stopped = _run_cells(client, notebook, tasks, other_errors)
-    except Exception as error:  # kernel start-up problems; a dead kernel mid-run is handled in _run_cells
-        raise VitInspectError(f"{path}: could not start a Python kernel ({type(error).__name__}: {error})") from None
+    except Exception as error:  # a kernel that cannot start (a dead one mid-run is handled in _run_cells)
+        raise VitInspectError(f"{path}: the notebook's Python kernel failed ({type(error).__name__}: {error})") from None
     weights = next((task.get("weights") for task in tasks if task.get("weights")), None)
     return CheckReport(str(path), weights, tasks, other_errors, stopped)
 
