@@ -4,8 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_OUT := demo-report
+HOMEWORK_DIR ?= homework
 
-.PHONY: demo test bench notebooks slides html clean
+.PHONY: demo test bench notebooks slides html homework clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,10 @@ slides: $(STAMP)
 
 html: $(STAMP)
 	$(PY) -m vit_inspect.export html --out $(HTML_OUT) $(EXPORT_FLAGS) $(EXPORT_ARGS) $(NOTEBOOKS)
+
+## make homework: the student versions of the notebooks, in $(HOMEWORK_DIR)/ (FORCE=1 overwrites)
+homework: $(STAMP)
+	$(PY) scripts/make_homework.py --out $(HOMEWORK_DIR) $(if $(filter 1,$(FORCE)),--force) notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info

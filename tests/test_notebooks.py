@@ -1,4 +1,4 @@
-"""Notebook hygiene: no redefined helpers, no stale or weight-dependent stored outputs.
+"""Notebook hygiene: no redefined helpers, no stale or weight-dependent stored outputs; the Colab cell.
 
 nbval (``make test``) re-executes every notebook; these checks cover what it cannot.
 """
@@ -6,16 +6,36 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import pkgutil
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import nbformat
 import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import vit_inspect
+from vit_inspect.homework import notebook_client
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+from .homework_notebooks import solution_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 KEEP_TAG = "nbval-check-output"
+SETUP_TAG = "colab-setup"  # the Colab setup cell (scripts/colab_setup.py), allowed before the imports cell
+
+
+def load_script(name: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+colab_setup = load_script("colab_setup")
 
 
 def package_names() -> set[str]:
@@ -72,11 +92,79 @@ def test_stored_outputs_are_only_weight_independent(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_opens_with_title_prerequisite_and_one_imports_cell(path):
     cells = nbformat.read(path, as_version=4).cells
-    intro, imports = cells[0], cells[1]
+    first = 2 if SETUP_TAG in cells[1].metadata.get("tags", []) else 1  # the Colab setup cell may come first
+    intro, imports = cells[0], cells[first]
     assert intro.cell_type == "markdown" and intro.source.startswith("# ")
     assert "Prerequisite" in intro.source
     assert imports.cell_type == "code" and "import" in imports.source
-    later_imports = [i for i, c in enumerate(cells[2:], 2)
+    later_imports = [i for i, c in enumerate(cells[first + 1:], first + 1)
                      if c.cell_type == "code" and any(isinstance(n, (ast.Import, ast.ImportFrom))
                                                       for n in ast.walk(ast.parse(code_of(c))))]
     assert not later_imports, f"{path.name}: imports outside the imports cell in cells {later_imports}"
+
+
+# ---------------------------------------------------------------- Colab: badge and setup cell
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_badge_and_setup_cell_follow_pyproject(path):
+    """Where a notebook has them, they are what scripts/colab_setup.py writes from [project.urls]."""
+    notebook = nbformat.read(path, as_version=4)
+    has_colab = colab_setup.setup_index(notebook) is not None or "Open In Colab" in notebook.cells[0].source
+    if has_colab:
+        repository = colab_setup.repository_url()
+        assert colab_setup.with_colab(notebook, colab_setup.path_in_repo(path), repository) == notebook, \
+            f"{path.name}: run python scripts/colab_setup.py {path.relative_to(ROOT)}"
+
+
+def test_readme_colab_links_follow_pyproject():
+    readme = (ROOT / "README.md").read_text()
+    repository = colab_setup.repository_url()
+    assert colab_setup.colab_url(repository, "notebooks/") in readme and f"git+{repository}" in readme
+    assert colab_setup.with_readme_links(readme, repository) == readme, \
+        "run python scripts/colab_setup.py --readme README.md"
+
+
+def test_colab_setup_puts_badge_under_the_title_and_the_cell_before_the_imports():
+    notebook = solution_notebook()
+    notebook.cells[1].source += "\nimport sklearn  # scikit-learn: not one of vit-inspect's dependencies"
+    repository = "https://github.com/someone/fork"
+    once = colab_setup.with_colab(notebook, "homework/01_x.ipynb", repository)
+    assert colab_setup.with_colab(once, "homework/01_x.ipynb", repository) == once, "running it twice changes nothing"
+    title, _, rest = once.cells[0].source.partition("\n\n")
+    assert title == "# Homework fixture" and rest.startswith(
+        "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+        "(https://colab.research.google.com/github/someone/fork/blob/main/homework/01_x.ipynb)")
+    setup = once.cells[1]
+    assert setup.metadata["tags"] == [SETUP_TAG] and once.cells[2].source == notebook.cells[1].source
+    assert '"vit-inspect @ git+https://github.com/someone/fork", "scikit-learn"]' in setup.source
+    moved = colab_setup.with_colab(once, None, "https://github.com/other/place")
+    assert "Open In Colab" not in moved.cells[0].source and "git+https://github.com/other/place" in moved.cells[1].source
+    assert sum(SETUP_TAG in c.metadata.get("tags", []) for c in moved.cells) == 1
+
+
+def test_colab_setup_cell_installs_from_the_repository_on_colab(monkeypatch):
+    repository = colab_setup.repository_url()
+    source = colab_setup.setup_cell_source(repository, [])
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: calls.append((command, kwargs)))
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    exec(compile(source, "setup cell", "exec"), {})
+    (command, kwargs), = calls
+    assert command[:5] == [sys.executable, "-m", "pip", "install", "--quiet"] and kwargs == {"check": True}
+    assert command[5:] == [f"vit-inspect @ git+{repository}"], "a plain install from the repository"
+    assert not {"-e", "--editable"} & set(command), "an editable install is not importable until a restart"
+
+
+def test_colab_setup_cell_does_nothing_on_a_local_install(tmp_path):
+    """Executed in a kernel where vit-inspect is installed: it runs no command and prints nothing."""
+    shim = ("import subprocess\n_calls, _saved = [], {}\n"
+            "for _name in ('run', 'call', 'check_call', 'check_output', 'Popen'):\n"
+            "    _saved[_name] = getattr(subprocess, _name)\n"
+            "    setattr(subprocess, _name, lambda *a, **k: _calls.append(a))\n")
+    report = "for _name, _f in _saved.items():\n    setattr(subprocess, _name, _f)\nprint(len(_calls))"
+    setup = colab_setup.setup_cell_source(colab_setup.repository_url(), ["scikit-learn"])
+    notebook = new_notebook(cells=[new_markdown_cell("# t"), new_code_cell(shim), new_code_cell(setup),
+                                   new_code_cell(report)])
+    notebook_client(notebook, tmp_path / "t.ipynb", timeout=120).execute()
+    assert notebook.cells[2].outputs == [], "the setup cell printed something locally"
+    assert [o.get("text") for o in notebook.cells[3].outputs] == ["0\n"], "the setup cell ran a command locally"
