@@ -42,9 +42,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                      "MLP", "Block", "from_timm", "scratch_config_of", "timm_steps", "step_differences",
                      "ParameterRow", "parameter_table", "parameter_groups", "perturb_parameters"),
     "huggingface": ("HF_CHECKPOINT", "TIMM_TWIN", "HF_INSTALL", "HF_PREPROCESSOR_CONFIG", "HF_TOLERANCE",
-                    "HF_KEY_MAP", "KeyRow", "require_transformers", "key_map", "split_qkv", "merge_qkv",
+                    "HF_KEY_MAP", "KeyRow", "require_transformers", "key_map", "split_qkv", "merge_qkv", "hf_config_of",
                     "timm_to_hf", "hf_to_timm", "hf_steps", "hf_image_processor", "compare_preprocessing",
-                    "checkpoint_differences", "hf_checkpoint_cached", "load_hf_checkpoint"),
+                    "checkpoint_differences", "hf_checkpoint_cached", "twin_checkpoints_cached",
+                    "load_hf_checkpoint"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -7,8 +7,8 @@ tensor names in the checkpoint files on the Hub (which are transformers 4's modu
 e.g. ``intermediate.dense`` for ``mlp.fc1``; transformers 5 renames them on load and back
 on save). :func:`timm_to_hf` and :func:`hf_to_timm` both read that table.
 
-transformers is an optional extra (``pip install 'vit-inspect[hf]'``); this module imports
-it only inside its functions, and :func:`require_transformers` says how to get it.
+transformers (>= 5) is an optional extra (``pip install -e '.[hf]'`` in a checkout); this module
+imports it only inside its functions, and :func:`require_transformers` says how to get it.
 """
 from __future__ import annotations
 
@@ -264,6 +264,13 @@ def hf_checkpoint_cached(name: str = HF_CHECKPOINT) -> bool:
     def cached(filename: str) -> bool:
         return isinstance(try_to_load_from_cache(name, filename), str)
     return cached("config.json") and (cached("model.safetensors") or cached("pytorch_model.bin"))
+
+
+def twin_checkpoints_cached() -> bool:
+    """True if the Hugging Face cache holds both :data:`HF_CHECKPOINT` and timm's :data:`TIMM_TWIN` (no network)."""
+    from .weights import find_in_hub_cache
+
+    return hf_checkpoint_cached(HF_CHECKPOINT) and find_in_hub_cache(TIMM_TWIN) is not None
 
 
 def load_hf_checkpoint(name: str = HF_CHECKPOINT) -> ViTForImageClassification:
