@@ -192,19 +192,11 @@ def _assert_wrong_from_block_0(gaps: dict) -> None:
     assert gaps["logits"] > 1e-3
 
 
-def test_mutation_scale_forgotten_is_caught(small):
+@pytest.mark.parametrize("scale", [1.0, 192 ** -0.5], ids=["scale forgotten", "1 over sqrt(D) not sqrt(d)"])
+def test_mutation_wrong_scale_is_caught(small, scale):
     scratch = from_timm(small)
     for block in scratch.blocks:
-        block.attention.scale = 1.0  # softmax(q k^T) instead of softmax(q k^T / sqrt(d))
-    gaps = _first_wrong_stage(scratch, small)
-    _assert_wrong_from_block_0(gaps)
-    assert gaps["attention"][0] > 1e-3
-
-
-def test_mutation_scale_by_sqrt_of_D_is_caught(small):
-    scratch = from_timm(small)
-    for block in scratch.blocks:
-        block.attention.scale = 192 ** -0.5  # the course's 1/sqrt(D) instead of 1/sqrt(d) = 1/8
+        block.attention.scale = scale  # softmax(q k^T) or the course's q k^T / sqrt(D), not q k^T / sqrt(d)
     gaps = _first_wrong_stage(scratch, small)
     _assert_wrong_from_block_0(gaps)
     assert gaps["attention"][0] > 1e-3

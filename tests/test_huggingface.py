@@ -175,6 +175,10 @@ def test_hf_to_timm_refuses_other_models_and_activations(transformers):
     config = hf_config_of(ScratchConfig(dim=64, depth=1, num_heads=2, mlp_dim=128, num_classes=10))
     with pytest.raises(VitInspectError, match="ViTForImageClassification"):
         hf_to_timm(transformers.ViTModel(config))
+    with_extra = transformers.ViTForImageClassification(config)
+    with_extra.vit.layers[0].attention.gate = nn.Linear(64, 64)  # a tensor the table has no row for
+    with pytest.raises(VitInspectError, match=r"keys with no place in timm \['vit.layers.0.attention.gate.bias'"):
+        hf_to_timm(with_extra)
     config.hidden_act = "gelu_new"
     with pytest.raises(VitInspectError, match="hidden_act='gelu_new'"):
         hf_to_timm(transformers.ViTForImageClassification(config))

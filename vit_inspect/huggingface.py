@@ -12,14 +12,18 @@ imports it only inside its functions, and :func:`require_transformers` says how 
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
+import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .errors import VitInspectError
 from .from_scratch import ScratchConfig, scratch_config_of
 from .images import load_image, preprocess
+from .labels import class_name
 
 if TYPE_CHECKING:
     import os
@@ -142,8 +146,6 @@ def hf_to_timm_state_dict(state: dict[str, torch.Tensor], config: ScratchConfig,
 def hf_config_of(config: ScratchConfig, attn_implementation: str = "eager") -> ViTConfig:
     """The transformers ``ViTConfig`` of the same network (LayerNorm eps included)."""
     transformers = require_transformers()
-    from .labels import class_name
-
     size = config.img_size[0] if config.img_size[0] == config.img_size[1] else list(config.img_size)
     labels = {i: class_name(i) for i in range(config.num_classes)} if config.num_classes == 1000 else None
     return transformers.ViTConfig(
@@ -175,10 +177,6 @@ def hf_to_timm(hf_model: nn.Module) -> nn.Module:
     1e-6 in timm). The data config is that of timm's ViT-B/16 weights (:data:`TIMM_TWIN`)
     at the model's input size.
     """
-    import timm
-    from functools import partial
-    from timm.models.vision_transformer import VisionTransformer
-
     config = scratch_config_of_hf(hf_model)
     with torch.device("meta"):
         model = VisionTransformer(img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
@@ -198,6 +196,7 @@ def scratch_config_of_hf(hf_model: nn.Module) -> ScratchConfig:
     if not isinstance(hf_model, transformers.ViTForImageClassification):
         raise VitInspectError(f"expected a transformers ViTForImageClassification, got {type(hf_model).__name__}")
     c = hf_model.config
+    _check_hf_keys(hf_model, c)
     if c.hidden_act != "gelu" or getattr(c, "head_dim", None) not in (None, c.hidden_size // c.num_attention_heads):
         raise VitInspectError(f"a plain ViT has the exact GELU and head_dim = D / H; this config has "
                               f"hidden_act={c.hidden_act!r}, head_dim={getattr(c, 'head_dim', None)}")
@@ -208,6 +207,17 @@ def scratch_config_of_hf(hf_model: nn.Module) -> ScratchConfig:
                          depth=c.num_hidden_layers, num_heads=c.num_attention_heads, mlp_dim=c.intermediate_size,
                          num_classes=c.num_labels if isinstance(hf_model.classifier, nn.Linear) else 0,
                          qkv_bias=c.qkv_bias, eps=c.layer_norm_eps)
+
+
+def _check_hf_keys(hf_model: nn.Module, c: ViTConfig) -> None:
+    """The model's tensors must be exactly the table's: nothing left behind, nothing missing."""
+    config = ScratchConfig(depth=c.num_hidden_layers, qkv_bias=c.qkv_bias,
+                           num_classes=c.num_labels if isinstance(hf_model.classifier, nn.Linear) else 0)
+    expected = {key for _, keys in key_map(config) for key in keys}
+    extra, missing = sorted(set(hf_model.state_dict()) - expected), sorted(expected - set(hf_model.state_dict()))
+    if extra or missing:
+        raise VitInspectError(f"{type(hf_model).__name__} does not fit the ViT key table: keys with no place in "
+                              f"timm {extra[:4]}, keys missing {missing[:4]}")
 
 
 def hf_steps(hf_model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
