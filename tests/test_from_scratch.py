@@ -156,6 +156,13 @@ def test_from_timm_refuses_what_it_cannot_hold(what, kwargs, change, message):
     assert "\n" not in str(error.value)
 
 
+def test_from_timm_refuses_layer_norms_with_different_eps():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2)
+    model.blocks[1].norm2.eps = 1e-5  # the scratch model has one eps for all its LayerNorms
+    with pytest.raises(VitInspectError, match=r"LayerNorms with different eps \[1e-06, 1e-05\]"):
+        from_timm(model)
+
+
 def test_from_timm_refuses_a_distilled_deit_naming_its_token():
     model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, depth=1)
     with pytest.raises(VitInspectError, match=r"distillation token \(key dist_token\)"):

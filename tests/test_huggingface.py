@@ -126,6 +126,7 @@ def test_the_hub_column_is_what_save_pretrained_writes_and_from_pretrained_reads
 
 def test_a_layer_norm_eps_of_1e_12_is_kept_and_changes_the_logits_a_little(transformers, small):
     hf_model = timm_to_hf(small)
+    assert {m.eps for m in hf_model.modules() if isinstance(m, nn.LayerNorm)} == {1e-6} == {small.norm.eps}
     hf_model.config.layer_norm_eps = 1e-12  # what google's checkpoints say
     for module in hf_model.modules():
         if isinstance(module, nn.LayerNorm):
