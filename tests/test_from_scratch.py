@@ -16,8 +16,8 @@ from torch import nn
 from torch.testing import assert_close
 
 from vit_inspect import (SCRATCH_FROM_TIMM, MultiHeadAttention, ScratchConfig, ScratchViT, VitInspectError, capture,
-                         from_timm, parameter_groups, parameter_table, perturb_parameters, step_differences,
-                         timm_steps)
+                         create_untrained, from_timm, parameter_groups, parameter_table, perturb_parameters,
+                         step_differences, timm_steps)
 from vit_inspect.from_scratch import key_pairs
 
 STAGES = ("patches", "tokens", "blocks", "attention", "normed", "logits")
@@ -25,9 +25,7 @@ STAGES = ("patches", "tokens", "blocks", "attention", "normed", "logits")
 
 def perturbed(name: str, **kwargs) -> nn.Module:
     """An untrained timm model in float64 where every parameter differs from its init value."""
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, **kwargs).eval()
-    return perturb_parameters(model, seed=1).double()
+    return perturb_parameters(create_untrained(name, seed=0, **kwargs), seed=1).double()
 
 
 def images_for(model: nn.Module, batch: int = 2) -> torch.Tensor:

@@ -17,12 +17,11 @@ from torch import nn
 from torch.testing import assert_close
 
 import vit_inspect.huggingface as huggingface
-from vit_inspect import (HF_KEY_MAP, HF_TOLERANCE, VitInspectError, capture, checkpoint_differences,
-                         compare_preprocessing, hf_checkpoint_cached, hf_image_processor, hf_steps, hf_to_timm,
-                         key_map, load_hf_checkpoint, perturb_parameters, require_transformers, sample_images,
-                         scratch_config_of, timm_steps, timm_to_hf)
-from vit_inspect.from_scratch import ScratchConfig, key_pairs
-from vit_inspect.huggingface import hf_config_of
+from vit_inspect import (HF_KEY_MAP, HF_TOLERANCE, ScratchConfig, VitInspectError, capture, checkpoint_differences,
+                         compare_preprocessing, create_untrained, hf_checkpoint_cached, hf_config_of,
+                         hf_image_processor, hf_steps, hf_to_timm, key_map, load_hf_checkpoint, perturb_parameters,
+                         require_transformers, sample_images, scratch_config_of, timm_steps, timm_to_hf)
+from vit_inspect.from_scratch import key_pairs
 
 STAGES = ("patches", "tokens", "blocks", "attention", "normed", "logits")
 
@@ -36,9 +35,7 @@ def transformers():
 
 
 def perturbed(name: str, **kwargs) -> nn.Module:
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, **kwargs).eval()
-    return perturb_parameters(model, seed=1).double()
+    return perturb_parameters(create_untrained(name, seed=0, **kwargs), seed=1).double()
 
 
 def images(batch: int = 1, size: int = 224) -> torch.Tensor:
@@ -67,13 +64,15 @@ def test_timm_to_hf_gives_equal_logits_and_attention_for_vit_b16(vit_b16):
     assert hf_model.config._attn_implementation == "eager" and not hf_model.training
     x = images(batch=1)
     assert_same(hf_model, vit_b16, x)
-    assert torch.stack(hf_model(pixel_values=x, output_attentions=True).attentions, dim=1).shape == (1, 12, 12, 197, 197)
+    attentions = hf_model(pixel_values=x, output_attentions=True).attentions  # L x (B, H, N, N)
+    assert torch.stack(attentions, dim=1).shape == (1, 12, 12, 197, 197)
     assert hf_model.config.layer_norm_eps == 1e-6 and hf_model.config.id2label[281] == "tabby, tabby cat"
 
 
 def test_hf_to_timm_gives_equal_logits_and_attention_for_vit_b16(transformers):
-    torch.manual_seed(4)
-    hf_model = transformers.ViTForImageClassification(hf_config_of(ScratchConfig()))  # ViT-B/16, 1000 classes
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        hf_model = transformers.ViTForImageClassification(hf_config_of(ScratchConfig()))  # ViT-B/16, 1000 classes
     hf_model = perturb_parameters(hf_model.eval(), seed=5).double()
     model = hf_to_timm(hf_model)
     assert type(model).__name__ == "VisionTransformer" and not model.training

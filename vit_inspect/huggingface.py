@@ -82,7 +82,8 @@ def require_transformers() -> ModuleType:
     try:
         import transformers
     except ImportError:
-        raise VitInspectError(f"this needs Hugging Face transformers >= 5, which is not installed: {HF_INSTALL}") from None
+        raise VitInspectError(f"this needs Hugging Face transformers >= 5, which is not installed: "
+                              f"{HF_INSTALL}") from None
     if int(transformers.__version__.split(".")[0]) < 5:
         raise VitInspectError(f"transformers {transformers.__version__} is too old (its ViT names its modules "
                               f"differently): {HF_INSTALL}")
@@ -186,7 +187,8 @@ def hf_to_timm(hf_model: nn.Module) -> nn.Module:
     model.load_state_dict(hf_to_timm_state_dict(hf_model.state_dict(), config), assign=True)
     twin = timm.models.get_pretrained_cfg(TIMM_TWIN).to_dict()
     model.pretrained_cfg = {**{key: twin[key] for key in DATA_CONFIG_KEYS}, "num_classes": config.num_classes,
-                            "input_size": (config.in_chans, *config.img_size), "architecture": "vit (from transformers)"}
+                            "input_size": (config.in_chans, *config.img_size),
+                            "architecture": "vit (from transformers)"}
     return model.eval()
 
 
