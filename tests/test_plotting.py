@@ -76,3 +76,19 @@ def test_residual_norms_and_gelu_plots():
     x = torch.linspace(-3, 3, 7)
     fig = plot_gelu(x, x, x + 1e-3)
     assert "1.0e-03" in fig.axes[0].get_title()
+
+
+def test_preprocessing_comparison_shows_both_inputs_and_their_difference_from_0():
+    from vit_inspect.plotting import plot_preprocessing_comparison
+
+    generator = torch.Generator().manual_seed(0)
+    timm_input, hf_input = (torch.rand(1, 3, 8, 8, generator=generator) * 2 - 1 for _ in range(2))
+    inputs = {"timm": timm_input, "hf": hf_input, "difference": hf_input - timm_input}
+    config = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    fig = plot_preprocessing_comparison(inputs, {"timm": config, "hf": config}, title="T")
+    shown = [ax.get_images()[0].get_array() for ax in fig.axes[:3]]
+    assert np.allclose(shown[0], ((timm_input[0] + 1) / 2).permute(1, 2, 0).numpy())
+    assert np.allclose(shown[1], ((hf_input[0] + 1) / 2).permute(1, 2, 0).numpy())
+    assert np.allclose(shown[2], (hf_input - timm_input)[0].abs().mean(dim=0).numpy())
+    assert fig.axes[2].get_images()[0].get_clim()[0] == 0
+    assert len(fig.axes) == 4, "three panels and the colour bar"

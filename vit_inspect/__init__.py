@@ -38,6 +38,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "attention_maps": ("HEAD_FUSIONS", "fuse_heads", "attention_rollout", "rollout_to_grid", "grid_argmax",
                        "patch_centres", "patch_distances", "mean_attention_distance",
                        "uniform_attention_distance", "average_attention_distance"),
+    "from_scratch": ("SCRATCH_FROM_TIMM", "ScratchConfig", "ScratchViT", "PatchEmbedding", "MultiHeadAttention",
+                     "MLP", "Block", "from_timm", "scratch_config_of", "timm_steps", "step_differences",
+                     "ParameterRow", "parameter_table", "parameter_groups", "perturb_parameters"),
+    "huggingface": ("HF_CHECKPOINT", "TIMM_TWIN", "HF_INSTALL", "HF_PREPROCESSOR_CONFIG", "HF_TOLERANCE",
+                    "HF_KEY_MAP", "KeyRow", "require_transformers", "key_map", "split_qkv", "merge_qkv", "hf_config_of",
+                    "timm_to_hf", "hf_to_timm", "hf_steps", "hf_image_processor", "compare_preprocessing",
+                    "checkpoint_differences", "hf_checkpoint_cached", "twin_checkpoints_cached",
+                    "load_hf_checkpoint"),
     "attention_explorer": ("explorer",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image, ImageDraw, ImageFont
 
+from .images import denormalize
 from .labels import TopK
 
 
@@ -286,6 +287,34 @@ def _head_colours(count: int) -> list[tuple]:
     """A distinct colour per head: tab10 up to 10 heads, tab20 (cycled) beyond."""
     palette = colormaps["tab10" if count <= 10 else "tab20"]
     return [palette(head % palette.N) for head in range(count)]
+
+
+# ---------------- 08 huggingface
+
+
+def plot_preprocessing_comparison(inputs: dict[str, torch.Tensor], configs: dict[str, dict],
+                                  axes: Sequence[Axes] | np.ndarray | None = None, title: str = "") -> Figure:
+    """What each library feeds the model, and where the two inputs differ.
+
+    ``inputs``: "timm", "hf" (1, 3, H, W) normalised and "difference" = hf - timm;
+    ``configs``: {"timm": ..., "hf": ...}, each with the "mean" and "std" that undo its
+    normalisation. Panels: the two inputs as images, then |difference| averaged over the
+    channels, on a colour scale from 0.
+    """
+    fig, axes = _axes_grid(3, axes, ncols=3, size=4.0)
+    for ax, key, label in zip(axes, ("timm", "hf"), ("timm: resize + centre crop", "Hugging Face: resize to H x W")):
+        pixels = denormalize(inputs[key][0].detach().float(), configs[key])  # (3, H, W) in [0, 1]
+        ax.imshow(pixels.permute(1, 2, 0).numpy())  # (H, W, 3)
+        ax.set_axis_off()
+        ax.set_title(label)
+    gap = inputs["difference"][0].detach().abs().mean(dim=0)  # (H, W)
+    shown = axes[2].imshow(_numpy(gap), cmap="magma", vmin=0)
+    axes[2].set_axis_off()
+    axes[2].set_title("|hf - timm|, mean over RGB")
+    fig.colorbar(shown, ax=axes[2], fraction=0.046, label="normalised units")
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 
