@@ -147,7 +147,8 @@ def test_rollout_starts_at_zero_with_a_shared_scale_and_uniform_on_the_bar(crop)
     assert np.allclose(heat.get_array(), grid.numpy())  # the values themselves, not stretched to the max
     assert f"{float(grid.max()):.4f}" in fig.axes[0].get_title()
     bar = colorbars(fig)[0]
-    assert any(np.allclose(line.get_ydata(), 1 / 17) for line in bar.get_lines())
+    assert any(np.allclose(line.get_xdata(), 1 / 17) for line in bar.get_lines())  # horizontal bar below the panel
+    assert "0.0588" in bar.get_xlabel()
 
 
 def check_row_zero_at_the_top():

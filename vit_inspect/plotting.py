@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from matplotlib import colormaps
+from matplotlib import colormaps, patheffects
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
@@ -57,7 +57,8 @@ def untrained_title(title: str, trained: bool) -> str:
 def watermark(ax: Axes) -> None:
     """A red UNTRAINED across the panel, above what it shows, so a cropped panel keeps the label."""
     ax.text(0.5, 0.5, "UNTRAINED", transform=ax.transAxes, rotation=30, ha="center", va="center",
-            color=UNTRAINED_COLOUR, alpha=0.45, fontsize=18, fontweight="bold", zorder=10)
+            color=UNTRAINED_COLOUR, alpha=0.7, fontsize=18, fontweight="bold", zorder=10,
+            path_effects=[patheffects.withStroke(linewidth=3, foreground="white", alpha=0.7)])
 
 
 def label_panel(ax: Axes, title: str, trained: bool, **title_kwargs) -> None:
@@ -121,20 +122,22 @@ def plot_heatmap_overlay(crop: Image.Image, heat: np.ndarray | torch.Tensor, *, 
     ax.imshow(crop)
     image = ax.imshow(heat, cmap=cmap, alpha=alpha, extent=(0, width, height, 0), interpolation="nearest",
                       vmin=vmin, vmax=max(vmax, vmin + 1e-12))
-    if colorbar:
-        add_colorbar(ax.figure, image, ax, label, uniform)
+    if colorbar:  # below the panel: narrow panels keep their width and their title
+        add_colorbar(ax.figure, image, ax, label, uniform, orientation="horizontal")
     ax.set_axis_off()
     label_panel(ax, title, trained)
     return ax.figure
 
 
 def add_colorbar(fig: Figure, mappable, axes: Axes | Sequence[Axes], label: str,
-                 uniform: float | None = None) -> None:
+                 uniform: float | None = None, orientation: str = "vertical") -> None:
     """A colour bar for ``axes``; ``uniform`` is drawn on it as a cyan line and stated in the label."""
-    bar = fig.colorbar(mappable, ax=axes, shrink=0.8, label=label)
+    bar = fig.colorbar(mappable, ax=axes, shrink=0.8, pad=0.02, orientation=orientation, label=label)
     if uniform is not None:
-        bar.ax.axhline(uniform, color="cyan", linewidth=2)
-        bar.set_label(f"{label}\ncyan: uniform 1/N = {uniform:.4f}")
+        mark = bar.ax.axhline if orientation == "vertical" else bar.ax.axvline
+        mark(uniform, color="cyan", linewidth=2)
+        bar.set_label(f"{label}; cyan: uniform 1/N = {uniform:.4f}" if orientation == "horizontal"
+                      else f"{label}\ncyan: uniform 1/N = {uniform:.4f}")
 
 
 def _mark_patch(ax: Axes, cell: tuple[int, int], patch_size: int) -> None:
