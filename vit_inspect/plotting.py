@@ -338,7 +338,7 @@ def plot_rollout_overlay(crop: Image.Image, rollout_grid: torch.Tensor | np.ndar
     """
     heat = _numpy(rollout_grid)
     return plot_heatmap_overlay(crop, heat, trained=trained, vmax=vmax, uniform=uniform, ax=ax,
-                                label="rollout weight", title=f"{title} (max {float(heat.max()):.4f})")
+                                label="rollout weight", title=f"{title}\nmax {float(heat.max()):.4f}")
 
 
 def plot_rollout_vs_brightness(brightness: torch.Tensor | np.ndarray, rollout_grid: torch.Tensor | np.ndarray,
