@@ -1,4 +1,5 @@
-"""Notebook hygiene: no redefined helpers, no stale or weight-dependent stored outputs; the Colab cell.
+"""Notebook hygiene: no redefined helpers, no stale or weight-dependent stored outputs, asserts with messages,
+learned-claim asserts that random weights cannot pass; the Colab cell.
 
 nbval (``make test``) re-executes every notebook; these checks cover what it cannot.
 """
@@ -8,6 +9,7 @@ import ast
 import importlib
 import importlib.util
 import pkgutil
+import re
 import subprocess
 import sys
 import types
@@ -15,10 +17,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import vit_inspect
+from vit_inspect import DEFAULT_MODEL, create_untrained, save_weights
 from vit_inspect.homework import notebook_client
+from vit_inspect.weights import WEIGHTS_ENV
 
 from .homework_notebooks import solution_notebook
 
@@ -168,3 +173,55 @@ def test_colab_setup_cell_does_nothing_on_a_local_install(tmp_path):
     notebook_client(notebook, tmp_path / "t.ipynb", timeout=120).execute()
     assert notebook.cells[2].outputs == [], "the setup cell printed something locally"
     assert [o.get("text") for o in notebook.cells[3].outputs] == ["0\n"], "the setup cell ran a command locally"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_prerequisite_names_an_existing_notebook(path):
+    intro = nbformat.read(path, as_version=4).cells[0].source
+    named = re.search(r"Prerequisite: (?:none|notebook (\w+))", intro)
+    assert named, f"{path.name}: the Prerequisite line names 'none' or 'notebook NN_name'"
+    assert named.group(1) is None or named.group(1) in {p.stem for p in NOTEBOOKS}, \
+        f"{path.name}: prerequisite {named.group(1)} does not exist"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_assert_says_what_should_hold(path):
+    for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        if cell.cell_type == "code":
+            bare = [node.lineno for node in ast.walk(ast.parse(code_of(cell)))
+                    if isinstance(node, ast.Assert) and node.msg is None]
+            assert not bare, f"{path.name} cell {index}: assert without a message on line(s) {bare}"
+
+
+LEARNED_CLAIM = "if provenance.trained:"
+
+
+@pytest.fixture(scope="module")
+def random_weights_marked_trained(tmp_path_factory):
+    """Seeded random ViT-B/16 weights in a file that claims to be trained: what a wrong download would look like."""
+    folder = tmp_path_factory.mktemp("random-but-trained")
+    return save_weights(create_untrained(DEFAULT_MODEL, seed=0), folder / "model.safetensors", untrained=False)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_learned_claims_fail_on_random_weights_marked_trained(path, random_weights_marked_trained, monkeypatch):
+    """Every cell with a learned-claim assert must fail, with its message, when random weights pretend to be trained.
+
+    Each such cell holds one learned claim, so none hides behind another; every other cell still runs.
+    """
+    monkeypatch.setenv(WEIGHTS_ENV, str(random_weights_marked_trained))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=900, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code":
+            continue
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        if LEARNED_CLAIM in cell.source:
+            assert cell.source.count("assert ") == 1, f"{path.name} cell {index}: one learned claim per cell"
+            assert errors and errors[0].ename == "AssertionError", f"{path.name} cell {index}: random weights pass"
+            assert "these weights do not show" in errors[0].evalue and "are they trained?" in errors[0].evalue, \
+                f"{path.name} cell {index}: the message must say what was expected and ask if the weights are trained"
+        else:
+            assert not errors, f"{path.name} cell {index} fails on weights marked trained: {errors[0].evalue[:200]}"
