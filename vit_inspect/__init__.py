@@ -21,7 +21,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                    "token_index", "tokens_to_grid"),
     "weights": ("load_vit", "create_untrained", "save_weights", "download_weights", "Provenance", "LoadedViT"),
     "images": ("load_image", "preprocess", "Preprocessed", "data_config_of", "denormalize",
-               "tensor_to_image", "sample_images", "data_dir", "image_batches"),
+               "tensor_to_image", "sample_images", "data_dir", "image_batches", "crop_box", "crop_warnings"),
     "labels": ("top_k", "TopK", "class_name"),
     "recorder": ("capture", "fused_attention", "timm_attention_weights"),
     # one module per notebook
