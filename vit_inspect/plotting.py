@@ -6,6 +6,7 @@ as the CLI report, and returns the matplotlib Figure. Sections follow the notebo
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -234,14 +235,27 @@ def plot_gelu(x: torch.Tensor, exact: torch.Tensor, approx: torch.Tensor, ax: Ax
 # ---------------- 05 classification head
 
 
-def plot_top_k(topk: TopK, image: int = 0, ax: Axes | None = None, title: str = "top-5") -> Figure:
-    """Horizontal bar chart of the top-k probabilities of one image."""
+def plot_top_k(topk: TopK, image: int = 0, ax: Axes | None = None, title: str = "top-5",
+               wrap: int = 48) -> Figure:
+    """Horizontal bars of the top-k probabilities of one image, best first, each labelled with its percentage.
+
+    Each bar sits under its full ImageNet name and index, wrapped at ``wrap`` characters,
+    never cut; a name of several lines gets a row of that many lines.
+    """
     ax = axes_or_new(ax)
-    rows = topk.rows(image)[::-1]
-    bars = ax.barh([f"{r['label'][:28]} ({r['index']})" for r in rows], [r["probability"] for r in rows])
-    ax.bar_label(bars, labels=[f"{r['probability']:.1%}" for r in rows], padding=3)
+    rows = topk.rows(image)
+    names = [textwrap.fill(f"{r['label']} ({r['index']})", wrap, break_on_hyphens=False) for r in rows]
+    lines = np.array([name.count("\n") + 1 for name in names])
+    tops = np.concatenate([[0.0], np.cumsum(lines + 1.3)[:-1]])  # a row: the name's lines, then its bar
+    probabilities = [r["probability"] for r in rows]
+    bars = ax.barh(tops + lines + 0.4, probabilities, height=0.7)
+    for top, name in zip(tops, names):
+        ax.text(0, top, name, va="top", ha="left", linespacing=1.0)
+    ax.bar_label(bars, labels=[f"{p:.1%}" for p in probabilities], padding=3)
+    ax.set_ylim(tops[-1] + lines[-1] + 0.8, -0.1)
     ax.set_xlim(0, 1.15)
-    ax.set_xlabel("probability")
+    ax.set_yticks([])
+    ax.set_xticks([])  # each bar carries its percentage
     ax.set_title(title)
     return ax.figure
 
