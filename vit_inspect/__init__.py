@@ -23,7 +23,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "images": ("load_image", "preprocess", "Preprocessed", "data_config_of", "denormalize",
                "tensor_to_image", "sample_images", "data_dir", "image_batches", "crop_box", "crop_warnings"),
     "labels": ("top_k", "TopK", "class_name"),
-    "recorder": ("capture", "fused_attention", "timm_attention_weights"),
+    "recorder": ("capture", "fused_attention", "timm_attention_weights", "LayerAnalysis"),
     # one module per notebook
     "patches": ("FLATTEN_ORDERS", "patchify", "patchify_einops", "patch_embedding_matrix",
                 "patch_embed_by_hand", "patch_embed_filter_components", "patch_embed_filter_variance"),
@@ -37,7 +37,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "classification_head": ("POOLINGS", "pool_tokens", "head_by_hand", "classify_by_hand"),
     "attention_maps": ("HEAD_FUSIONS", "fuse_heads", "attention_rollout", "rollout_to_grid", "grid_argmax",
                        "patch_centres", "patch_distances", "mean_attention_distance",
-                       "uniform_attention_distance", "average_attention_distance"),
+                       "uniform_attention_distance", "average_attention_distance", "StreamedRollout",
+                       "StreamedDistance", "analyse_attention"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)
