@@ -20,7 +20,7 @@ from vit_inspect import Provenance, VitInspectError
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Annotation, Text
 
-from vit_inspect import class_name, crop_box, load_image
+from vit_inspect import class_name, crop_box, crop_warnings, load_image
 from vit_inspect.cli import main
 from vit_inspect.report import ReportData, compute_report, plot_report
 
@@ -99,7 +99,13 @@ def texts_of(fig) -> list[Text]:
     return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
 
 
-def test_report_page_is_16_9_and_every_text_is_readable_at_1280_px(report_data):
+@pytest.mark.parametrize("warned", [False, True])
+def test_report_page_is_16_9_and_every_text_is_readable_at_1280_px(report_data, warned):
+    if warned:  # the longest warnings there are, in the page title
+        config = {"input_size": (3, 224, 224), "crop_pct": 0.9, "crop_mode": "center"}
+        warnings = tuple(crop_warnings((30000, 10), config) * 2)
+        report_data = dataclasses.replace(report_data, warnings=warnings)
+        assert len(warnings) == 4
     fig = plot_report(report_data)
     renderer = drawn(fig)
     width, height = fig.get_size_inches() * 120

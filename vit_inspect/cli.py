@@ -9,10 +9,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import VitInspectError, command_line_messages, weights_argument
 from .model_info import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from tqdm import tqdm
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 VALUE_OPTIONS = ("--query", "--layer")  # options whose value may start with "-"
@@ -207,7 +212,8 @@ def run_distance(args: argparse.Namespace) -> int:
     return min(len(skipped), MAX_EXIT_SKIPPED)
 
 
-def _distance_skipping_bad_files(model, paths: list[Path], args: argparse.Namespace, bar) -> tuple:
+def _distance_skipping_bad_files(model: nn.Module, paths: list[Path], args: argparse.Namespace,
+                                 bar: tqdm) -> tuple[torch.Tensor, list[dict[str, str]]]:
     """(L, H) distance over the readable files, and [{file, reason}] for each skipped one.
 
     With ``--strict`` the first unreadable file ends the run instead.

@@ -7,6 +7,7 @@ wraps around every command.
 """
 from __future__ import annotations
 
+import shlex
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator
@@ -38,4 +39,4 @@ def command_line_messages() -> Iterator[None]:
 
 def weights_argument(value: str) -> str:
     """How to pass ``value`` as the weights: ``--weights VALUE`` or ``weights="VALUE"``."""
-    return f"--weights {value}" if _COMMAND_LINE.get() else f'weights="{value}"'
+    return f"--weights {shlex.quote(value)}" if _COMMAND_LINE.get() else f'weights="{value}"'

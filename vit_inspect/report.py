@@ -39,6 +39,7 @@ REPORT_DPI = 120
 REPORT_FONT_PT = 12.0
 MIN_FONT_PT = 11.0
 UNTRAINED_COLOUR = "red"
+TITLE_WRAP_CHARS = 130  # a line of the page title at REPORT_FONT_PT + 3 fits the 16-inch width
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def _plot_query_heads(subfigure, data: ReportData) -> None:
 def _report_title(fig: Figure, data: ReportData) -> None:
     """Image name and weights; in red when they are untrained, a second line for each warning."""
     lines = [f"{Path(data.image).name} - {data.provenance.label}"]
-    lines += [f"warning: {warning}" for warning in data.warnings]
+    lines += [textwrap.fill(f"warning: {warning}", TITLE_WRAP_CHARS) for warning in data.warnings]
     fig.suptitle("\n".join(lines), color="black" if data.provenance.trained else UNTRAINED_COLOUR)
 
 
