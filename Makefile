@@ -5,12 +5,18 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_OUT := demo-report
 HOMEWORK_DIR ?= homework
+# Where torch comes from: empty = PyPI's default build (CUDA on Linux x86-64, several GB);
+# make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU-only build.
+TORCH_INDEX ?=
 
 .PHONY: demo test bench notebooks slides html homework clean
 
 $(STAMP): requirements.txt pyproject.toml
+	@echo "Setting up $(VENV) once: torch, timm, Jupyter and the rest. This takes several minutes and prints little;"
+	@echo "torch from $(if $(TORCH_INDEX),$(TORCH_INDEX),PyPI (on Linux the CUDA build, several GB; TORCH_INDEX=https://download.pytorch.org/whl/cpu for CPU only))."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet torch torchvision --index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)

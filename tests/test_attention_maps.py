@@ -11,11 +11,14 @@ import math
 import pytest
 import torch
 
-from vit_inspect import (HEAD_FUSIONS, VitInspectError, attention_rollout, average_attention_distance, capture,
-                         fuse_heads, grid_argmax, image_batches, map_correlation, mean_attention_distance,
-                         patch_brightness, patch_centres, rollout_to_grid, sample_images, uniform_attention_distance)
+from vit_inspect import (HEAD_FUSIONS, StreamedDistance, StreamedRollout, VitInspectError, analyse_attention,
+                         attention_rollout, average_attention_distance, capture, create_untrained, fuse_heads,
+                         grid_argmax, grid_size_of, image_batches, map_correlation, mean_attention_distance,
+                         num_prefix_tokens_of, patch_brightness, patch_centres, patch_size_of, rollout_to_grid,
+                         sample_images, uniform_attention_distance)
 from vit_inspect import attention_maps
 from vit_inspect.attention_maps import discard_lowest, reusable
+from vit_inspect.recorder import fused_attention_flags
 
 from .mutation import fails, passes
 
@@ -252,3 +255,88 @@ def test_mutation_in_attention_maps_is_caught(monkeypatch, name, bug, check):
     passes(check)
     monkeypatch.setattr(attention_maps, name, bug)
     fails(check)
+
+
+# ---------------------------------------------------------------- streamed inside the forward pass
+
+STREAM_MODELS = {  # name, create_model kwargs, input (H, W): prefix 1, 2 and 5, patch 32, a non-square grid
+    "tiny": ("vit_tiny_patch16_224", {}, (224, 224)),
+    "deit_distilled": ("deit_tiny_distilled_patch16_224", {}, (224, 224)),
+    "registers": ("vit_small_patch14_reg4_dinov2", {"img_size": 224}, (224, 224)),
+    "patch32": ("vit_base_patch32_224", {}, (224, 224)),
+    "non_square": ("vit_tiny_patch16_224", {"dynamic_img_size": True}, (160, 224)),
+}
+
+
+@pytest.fixture(scope="module", params=list(STREAM_MODELS), ids=list(STREAM_MODELS))
+def stream_case(request):
+    name, kwargs, size = STREAM_MODELS[request.param]
+    model = create_untrained(name, seed=0, **kwargs)
+    images = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(4))
+    return model, images, capture(model, images)
+
+
+@pytest.mark.parametrize("head_fusion, discard_ratio", [("mean", 0.0), ("max", 0.0), ("min", 0.5), ("mean", 0.9)])
+def test_streamed_analyses_equal_the_full_tensor_ones(stream_case, head_fusion, discard_ratio):
+    model, images, full = stream_case
+    grid, prefix, patch = grid_size_of(model, images), num_prefix_tokens_of(model), patch_size_of(model)
+    streamed = analyse_attention(model, images, head_fusion, discard_ratio)
+    assert "attention" not in streamed, "the (B, L, H, N, N) attention is stored only on request"
+    torch.testing.assert_close(streamed["rollout"], attention_rollout(full["attention"], head_fusion, discard_ratio))
+    torch.testing.assert_close(streamed["attention_distance"],
+                               mean_attention_distance(full["attention"], grid, prefix, patch))
+    torch.testing.assert_close(streamed["logits"], full["logits"])
+    assert not any(t.is_inference() for t in streamed.values())
+
+
+def test_streamed_analyses_can_keep_the_attention_too(tiny):
+    images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    kept = analyse_attention(tiny, images, keep_attention=True)
+    torch.testing.assert_close(kept["attention"], capture(tiny, images)["attention"], rtol=0, atol=0)
+    torch.testing.assert_close(kept["rollout"], attention_rollout(kept["attention"]))
+
+
+def test_streamed_analyses_follow_the_chosen_layers(tiny):
+    images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(6))
+    layers = [2, 5, 11]
+    analyses = {"rollout": StreamedRollout(), "distance": StreamedDistance((14, 14), 1, 16)}
+    streamed = capture(tiny, images, layers=layers, analyses=analyses)
+    torch.testing.assert_close(streamed["rollout"], attention_rollout(streamed["attention"]))
+    torch.testing.assert_close(streamed["distance"], mean_attention_distance(streamed["attention"], (14, 14), 1, 16))
+    assert streamed["distance"].shape == (1, 3, 3)
+    unordered = capture(tiny, images, layers=[11, 2, 5], analyses={"distance": StreamedDistance((14, 14), 1, 16)})
+    torch.testing.assert_close(unordered["distance"], streamed["distance"][:, [2, 0, 1]])
+    with pytest.raises(VitInspectError, match="forward order"):
+        capture(tiny, images, layers=[5, 2], analyses={"rollout": StreamedRollout()})
+
+
+def test_streaming_stores_no_attention_tensor_of_all_layers(tiny):
+    """The largest single allocation of a streamed pass is one layer's attention, not all of them."""
+    from torch.profiler import ProfilerActivity, profile
+    images = torch.randn(2, 3, 224, 224)
+    all_layers = 2 * 12 * 3 * 197 * 197 * 4  # bytes of the (B, L, H, N, N) float32 attention
+    largest = {}
+    for keep in (False, True):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            analyse_attention(tiny, images, keep_attention=keep)
+        largest[keep] = max(event.cpu_memory_usage for event in prof.events())
+    assert largest[True] >= all_layers, "the profiler must see the full tensor when it is kept"
+    assert largest[False] < all_layers / 6, f"a streamed pass allocated {largest[False]} bytes at once"
+
+
+def test_streaming_leaves_the_model_as_it_was_even_after_an_error(tiny, monkeypatch):
+    images = torch.randn(1, 3, 224, 224)
+    flags = fused_attention_flags(tiny)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom in block 4")
+
+    monkeypatch.setattr(tiny.blocks[4].mlp, "forward", fail)
+    with pytest.raises(RuntimeError, match="boom in block 4"):
+        analyse_attention(tiny, images)
+    monkeypatch.undo()
+    assert fused_attention_flags(tiny) == flags
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny.modules())
+    with pytest.raises(VitInspectError, match="do not match"):
+        capture(tiny, images, analyses={"d": StreamedDistance((7, 7), 1, 32)}, keep_attention=False)
+    assert all(not m._forward_hooks for m in tiny.modules())

@@ -107,7 +107,7 @@ def test_download_offline_is_one_clear_line(monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["download"]) == 1
     err = capsys.readouterr().err.strip()
-    assert "cannot reach the Hugging Face hub" in err and "\n" not in err
+    assert "cannot download: HF_HUB_OFFLINE=1 is set" in err and "\n" not in err
 
 
 def test_download_prints_the_path_to_pass(monkeypatch, tmp_path, capsys):
@@ -121,7 +121,27 @@ def test_download_prints_the_path_to_pass(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr("vit_inspect.weights.hub_reachable", lambda: True)
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
     assert main(["download", "--to", str(tmp_path / "w")]) == 0
-    assert f"weights=: {tmp_path / 'w' / 'model.safetensors'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"--weights {tmp_path / 'w' / 'model.safetensors'}" in out and 'weights="' not in out
+    assert f"VIT_INSPECT_WEIGHTS={tmp_path / 'w' / 'model.safetensors'}" in out
+
+
+def test_messages_use_command_line_syntax(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["report", str(sample_images()[0]), "--out", str(tmp_path / "a"), "--model", TINY,
+                 "--weights", "pretrained"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--weights DIR/model.safetensors" in err and 'weights="' not in err and "HF_HUB_OFFLINE" in err
+    assert main(["report", str(sample_images()[0]), "--out", str(tmp_path / "b"), "--model", TINY]) == 0
+    banner = capsys.readouterr().err
+    assert "UNTRAINED WEIGHTS" in banner and "--weights DIR/model.safetensors" in banner
+
+
+def test_weights_variable_errors_are_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VIT_INSPECT_WEIGHTS", str(tmp_path / "nowhere"))
+    assert main(["report", str(sample_images()[0]), "--out", str(tmp_path / "o"), "--model", TINY]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vit-inspect: error: VIT_INSPECT_WEIGHTS={tmp_path / 'nowhere'}: ") and "\n" not in err
 
 
 # ---------------------------------------------------------------- report arguments
@@ -173,21 +193,54 @@ def test_distance_over_a_folder_writes_json(tiny, photo_folder, tmp_path, capsys
     assert "UNTRAINED" in printed and "block 11" in printed
 
 
-def test_distance_errors_are_one_line(invalid, tmp_path, capsys):
+def test_distance_errors_are_one_line(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    shutil.copy(sample_images()[0], bad / "a_good.png")
-    shutil.copy(invalid["truncated_png"], bad / "b_truncated.png")
     cases = [(tmp_path / "missing", "no such folder"), (empty, "no image files"),
-             (sample_images()[0], "is not a folder"), (bad, "b_truncated.png")]
+             (sample_images()[0], "is not a folder")]
     for folder, words in cases:
         assert main(["distance", str(folder), "--model", TINY, "--weights", "random"]) == 1
         line = last_error_line(capsys)
         assert line.startswith("vit-inspect: error:") and words in line
-    assert main(["distance", str(bad), "--batch-size", "0", "--model", TINY]) == 1
+    good = tmp_path / "good"
+    good.mkdir()
+    shutil.copy(sample_images()[0], good)
+    assert main(["distance", str(good), "--batch-size", "0", "--model", TINY]) == 1
     assert "--batch-size 0" in last_error_line(capsys)
+
+
+@pytest.fixture
+def folder_with_bad_files(invalid, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name, source in (("a_good.png", sample_images()[0]), ("b_truncated.png", invalid["truncated_png"]),
+                         ("c_good.jpg", sample_images()[1]), ("d_fake.jpg", invalid["not_an_image"])):
+        shutil.copy(source, folder / name)
+    return folder
+
+
+def test_distance_lists_and_skips_bad_files_and_counts_them(tiny, folder_with_bad_files, tmp_path, capsys):
+    out = tmp_path / "distance.json"
+    code = main(["distance", str(folder_with_bad_files), "--out", str(out), "--model", TINY,
+                 "--weights", "random", "--batch-size", "2"])
+    assert code == 2, "the exit code is the number of skipped files"
+    result = json.loads(out.read_text())
+    assert result["num_images"] == 2 and result["num_skipped"] == 2
+    assert [Path(entry["file"]).name for entry in result["skipped"]] == ["b_truncated.png", "d_fake.jpg"]
+    assert all(entry["file"] in entry["reason"] for entry in result["skipped"])
+    good = [folder_with_bad_files / "a_good.png", folder_with_bad_files / "c_good.jpg"]
+    per_image = [mean_attention_distance(capture(tiny, preprocess(p, tiny).tensor)["attention"], (14, 14), 1, 16)[0]
+                 for p in good]
+    torch.testing.assert_close(torch.tensor(result["attention_distance"]), torch.stack(per_image).mean(dim=0))
+    err = capsys.readouterr().err
+    assert "skipped: " in err and "b_truncated.png" in err and "d_fake.jpg" in err
+    assert "skipped 2 of 4 files" in err
+
+
+def test_distance_strict_stops_at_the_first_bad_file(folder_with_bad_files, capsys):
+    assert main(["distance", str(folder_with_bad_files), "--strict", "--model", TINY, "--weights", "random"]) == 1
+    line = last_error_line(capsys)
+    assert line.startswith("vit-inspect: error:") and "b_truncated.png" in line and "d_fake.jpg" not in line
 
 
 def test_entry_point_prints_no_traceback_on_a_bad_image_in_the_folder(invalid, tmp_path):
@@ -197,5 +250,6 @@ def test_entry_point_prints_no_traceback_on_a_bad_image_in_the_folder(invalid, t
     result = subprocess.run([sys.executable, "-m", "vit_inspect", "distance", str(folder), "--model", TINY,
                              "--weights", "random"], capture_output=True, text=True, timeout=180)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("vit-inspect: error:")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("vit-inspect: error:") and "none of the 1 image files could be read" in last
     assert "fake.jpg" in result.stderr

@@ -10,9 +10,10 @@ from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 from torchvision import transforms as T
 
-from vit_inspect import ImageError, load_image, preprocess, sample_images, tensor_to_image
+from vit_inspect import (ImageError, crop_box, crop_warnings, load_image, preprocess, sample_images,
+                         tensor_to_image)
 from vit_inspect import images as images_module
-from vit_inspect.images import to_rgb
+from vit_inspect.images import resized_size, split_transform, to_rgb
 
 from .image_kinds import RED, reference_grey
 from .mutation import fails, passes
@@ -138,3 +139,69 @@ def test_mutation_wrong_crop_is_caught(tiny, monkeypatch, bug):
     passes(check_crop, tiny, path)
     monkeypatch.setattr(images_module, "split_transform", bug)
     fails(check_crop, tiny, path)
+
+
+# ---------------------------------------------------------------- where the crop lies in the original image
+
+def eval_config(mode: str, input_hw: tuple[int, int], crop_pct: float) -> dict:
+    return {"input_size": (3, *input_hw), "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+            "crop_pct": crop_pct, "crop_mode": mode}
+
+
+def visible_part(box, image_size, resized, input_hw):
+    """The part of the box inside the image, and the matching (x0, y0, x1, y1) pixels of the crop."""
+    (W, H), (rw, rh), (ch, cw) = image_size, resized, input_hw
+    sx, sy = W / rw, H / rh
+    left, top = round(box[0] / sx), round(box[1] / sy)  # the crop's first pixel in resized pixels
+    x0, y0, x1, y1 = max(-left, 0), max(-top, 0), min(rw - left, cw), min(rh - top, ch)
+    return ((left + x0) * sx, (top + y0) * sy, (left + x1) * sx, (top + y1) * sy), (x0, y0, x1, y1)
+
+
+@pytest.mark.parametrize("mode", ["center", "squash", "border"])
+@pytest.mark.parametrize("size", [(3000, 400), (400, 3000), (10, 10), (640, 480), (250, 249), (37, 500)])
+@pytest.mark.parametrize("input_hw, crop_pct", [((224, 224), 0.9), ((160, 224), 1.0), ((224, 224), 0.875)])
+def test_crop_box_is_where_timms_transform_crops(mode, size, input_hw, crop_pct):
+    """Resampling the box of the original straight to the input size gives timm's crop (up to
+    PIL's fixed-point rounding); a box one input pixel off does not (noise makes every shift visible)."""
+    config = eval_config(mode, input_hw, crop_pct)
+    noise = np.random.default_rng(sum(size)).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(noise)
+    geometric, _ = split_transform(create_transform(**config, is_training=False))
+    crop = np.asarray(geometric(image), dtype=float)
+    box = crop_box(size, config)
+    inside, (x0, y0, x1, y1) = visible_part(box, size, resized_size(size, config), input_hw)
+
+    def error(region) -> float:
+        redrawn = image.resize((x1 - x0, y1 - y0), Image.BICUBIC, box=region)
+        return float(np.abs(np.asarray(redrawn, dtype=float) - crop[y0:y1, x0:x1]).mean())
+
+    assert error(inside) < 1.0, f"{mode} {size}: the box {box} is not what timm crops"
+    step = (inside[2] - inside[0]) / (x1 - x0)  # one input pixel, in original pixels
+    for axis, limit in ((0, size[0]), (1, size[1])):  # shift along an axis with room for it
+        for shift in (step, -step):
+            moved = list(inside)
+            moved[axis] += shift
+            moved[axis + 2] += shift
+            if 0 <= moved[axis] and moved[axis + 2] <= limit:
+                assert error(tuple(moved)) > 3.0, f"{mode} {size}: a box one pixel off fits as well"
+                return
+
+
+def test_crop_box_of_the_models_own_config_and_the_bundled_photos(tiny):
+    config = resolve_model_data_config(tiny)
+    for path in sample_images():
+        image = load_image(path)
+        left, top, right, bottom = crop_box(image.size, config)
+        redrawn = image.resize((224, 224), Image.BICUBIC, box=(left, top, right, bottom))
+        crop = preprocess(path, tiny).crop
+        assert np.abs(np.asarray(redrawn, dtype=float) - np.asarray(crop, dtype=float)).mean() < 0.05, path.name
+
+
+def test_warnings_for_a_panorama_and_a_tiny_picture():
+    config = eval_config("center", (224, 224), 0.9)  # vit_base_patch16_224.augreg2_in21k_ft_in1k's
+    panorama = crop_warnings((3000, 400), config)
+    assert len(panorama) == 1 and "drops 88% of the image's width" in panorama[0]
+    tiny_picture = crop_warnings((10, 10), config)
+    assert len(tiny_picture) == 1 and "10x10" in tiny_picture[0] and "upscaled 24.8x" in tiny_picture[0]
+    assert crop_warnings((640, 480), config) == [] and crop_warnings((1920, 1080), config) == []
+    assert "height" in crop_warnings((400, 3000), config)[0]

@@ -1,10 +1,12 @@
 """load_vit through every route, on weight files made here in timm's layout."""
 from __future__ import annotations
 
+import base64
 import os
 import pickle
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 import timm
 import torch
 
-from vit_inspect import WeightsError, create_untrained, fused_attention, load_vit, save_weights
+from vit_inspect import WeightsError, create_untrained, download_weights, fused_attention, load_vit, save_weights
 from vit_inspect import model_info
 from vit_inspect import weights as weights_module
 from vit_inspect.recorder import fused_attention_flags
@@ -122,21 +124,49 @@ def test_file_marked_untrained_stays_untrained(tmp_path):
     assert not provenance.trained and "UNTRAINED" in provenance.label
 
 
+def spy_on_the_hub(monkeypatch) -> list[tuple[bool, float]]:
+    """Record each hub probe (answer, seconds it took); make any download attempt fail the test."""
+    probes, real_probe = [], weights_module.hub_reachable
+
+    def probe(*args, **kwargs):
+        start = time.perf_counter()
+        answer = real_probe(*args, **kwargs)
+        probes.append((answer, time.perf_counter() - start))
+        return answer
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted although the hub cannot be reached")
+
+    monkeypatch.setattr(weights_module, "hub_reachable", probe)
+    monkeypatch.setattr(weights_module, "download_weights", no_download)
+    return probes
+
+
 def test_auto_offline_falls_back_fast_with_banner(monkeypatch, capsys):
+    """Fast = one probe that keeps its own deadline and no download with its minute of retries
+    (a wall-clock limit on the whole call would measure the machine's load, not the code)."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    start = time.perf_counter()
-    _, provenance = load_vit(weights="auto")
-    assert time.perf_counter() - start < 5.0
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    probes = spy_on_the_hub(monkeypatch)
+    _, provenance = load_vit(TAGGED_TINY, weights="auto")
+    assert [answer for answer, _ in probes] == [False], "one probe of the hub, answered no"
+    assert probes[0][1] < weights_module.PROBE_TIMEOUT_S + 1.0, "the probe keeps its deadline"
     assert not provenance.trained and provenance.source == "random"
     assert "UNTRAINED WEIGHTS" in capsys.readouterr().err
 
 
 def test_pretrained_offline_fails_fast_with_instructions(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.perf_counter()
-    with pytest.raises(WeightsError, match="vit-inspect download"):
-        load_vit(weights="pretrained")
-    assert time.perf_counter() - start < 5.0
+    probes = spy_on_the_hub(monkeypatch)
+
+    def no_socket(*args, **kwargs):
+        raise AssertionError("a connection was opened although HF_HUB_OFFLINE=1")
+
+    monkeypatch.setattr(socket, "create_connection", no_socket)
+    with pytest.raises(WeightsError, match="vit-inspect download") as error:
+        load_vit(TAGGED_TINY, weights="pretrained")
+    assert [answer for answer, _ in probes] == [False], "HF_HUB_OFFLINE answers the probe without the network"
+    assert "HF_HUB_OFFLINE=1 is set, so the hub is not contacted" in str(error.value)
 
 
 def test_unresponsive_hub_is_given_up_after_timeout(monkeypatch):
@@ -374,3 +404,243 @@ def test_mutation_wrong_tag_is_caught(monkeypatch, target, name, bug):
     passes(check_pinned_tag)
     monkeypatch.setattr(target, name, bug)
     fails(check_pinned_tag)
+
+
+# ---------------------------------------------------------------- proxies
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUEST_METHOD")
+
+
+@pytest.fixture
+def clean_network_env(monkeypatch):
+    """No proxy variables from the developer's shell, the hub not declared offline."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    return monkeypatch
+
+
+class LocalListener:
+    """A server on 127.0.0.1 that records each request head and answers ``status_line``
+    (None: it accepts and stays silent). Serves at most 20 connections, stops on exit."""
+
+    def __init__(self, status_line: str | None = "HTTP/1.1 200 Connection established"):
+        self.status_line = status_line
+        self.requests: list[str] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.2)
+        self.port = self.server.getsockname()[1]
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> "LocalListener":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.closed.set()
+        self.thread.join(5)
+        self.server.close()
+
+    def _serve(self) -> None:
+        for _ in range(20):
+            while not self.closed.is_set():
+                try:
+                    conn, _ = self.server.accept()
+                    break
+                except socket.timeout:
+                    continue
+            else:
+                return
+            with conn:
+                conn.settimeout(5)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(1024)
+                    if not chunk:
+                        break
+                    head += chunk
+                self.requests.append(head.decode("latin-1"))
+                if self.status_line is None:
+                    self.closed.wait(5)
+                else:
+                    conn.sendall(f"{self.status_line}\r\n\r\n".encode())
+
+
+def test_probe_goes_through_the_https_proxy(clean_network_env):
+    with LocalListener() as proxy:
+        clean_network_env.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+        assert hub_reachable(timeout=3.0), "a proxy that opens the tunnel means the hub is reachable"
+    assert len(proxy.requests) == 1
+    assert proxy.requests[0].startswith("CONNECT huggingface.co:443 HTTP/1.1\r\n")
+
+
+def test_lower_case_proxy_variable_and_credentials(clean_network_env):
+    with LocalListener() as proxy:
+        clean_network_env.setenv("https_proxy", f"http://student:s3cr%40t@127.0.0.1:{proxy.port}")
+        assert hub_reachable(timeout=3.0)
+    auth = [line for line in proxy.requests[0].split("\r\n") if line.startswith("Proxy-Authorization:")]
+    assert auth == ["Proxy-Authorization: Basic " + base64.b64encode(b"student:s3cr@t").decode()]
+
+
+@pytest.mark.parametrize("status_line", ["HTTP/1.1 502 Bad Gateway", "HTTP/1.1 407 Proxy Authentication Required",
+                                         "garbage", None])
+def test_proxy_that_cannot_reach_the_hub_means_offline_within_the_timeout(clean_network_env, status_line):
+    with LocalListener(status_line) as proxy:
+        clean_network_env.setenv("HTTPS_PROXY", f"127.0.0.1:{proxy.port}")  # no scheme: http:// assumed
+        start = time.perf_counter()
+        assert not hub_reachable(timeout=1.0)
+        assert time.perf_counter() - start < 2.0
+    assert proxy.requests and proxy.requests[0].startswith("CONNECT huggingface.co:443")
+
+
+def test_http_endpoint_through_http_proxy_and_no_proxy_bypass(clean_network_env):
+    with LocalListener("HTTP/1.1 404 Not Found") as proxy, LocalListener("HTTP/1.1 200 OK") as hub:
+        clean_network_env.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.port}")
+        clean_network_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        assert hub_reachable(timeout=3.0), "any answer of the hub itself through the proxy means reachable"
+        assert proxy.requests[0].startswith(f"HEAD http://127.0.0.1:{hub.port}/ HTTP/1.1")
+        clean_network_env.setenv("NO_PROXY", "localhost,127.0.0.1")
+        assert hub_reachable(timeout=3.0)
+        time.sleep(0.3)  # let the listener record the direct connection
+    assert len(proxy.requests) == 1, "NO_PROXY lists the hub's host: the probe must go direct"
+    assert len(hub.requests) == 1
+
+
+def test_offline_variable_wins_over_a_proxy_and_is_named(clean_network_env):
+    with LocalListener() as proxy:
+        clean_network_env.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+        clean_network_env.setenv("HF_HUB_OFFLINE", "1")
+        assert not hub_reachable()
+        with pytest.raises(WeightsError, match="HF_HUB_OFFLINE=1 is set"):
+            load_vit(TAGGED_TINY, weights="pretrained")
+    assert proxy.requests == []
+
+
+def test_unreachable_reason_names_the_proxy_without_its_password(clean_network_env):
+    with LocalListener("HTTP/1.1 502 Bad Gateway") as proxy:
+        clean_network_env.setenv("HTTPS_PROXY", f"http://student:s3cret@127.0.0.1:{proxy.port}")
+        with pytest.raises(WeightsError) as error:
+            load_vit(TAGGED_TINY, weights="pretrained")
+    message = str(error.value)
+    assert f"through the proxy http://127.0.0.1:{proxy.port}" in message and "s3cret" not in message
+
+
+def test_auto_downloads_through_a_proxy_instead_of_falling_back(trained_like, clean_network_env, capsys):
+    """The hub client is simulated; what matters is that the probe said 'reachable' via the proxy."""
+    path, expected = trained_like
+    clean_network_env.setattr("huggingface_hub.hf_hub_download", lambda repo_id, filename, local_dir=None: str(path))
+    with LocalListener() as proxy:
+        clean_network_env.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+        model, provenance = load_vit(TAGGED_TINY, weights="auto")
+    assert provenance.source == "hub download" and provenance.trained
+    torch.testing.assert_close(logits(model), expected)
+    assert "UNTRAINED" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- VIT_INSPECT_WEIGHTS
+
+def test_env_variable_may_name_the_download_folder(trained_like, tmp_path, monkeypatch):
+    path, expected = trained_like
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    shutil.copy(path, folder / "model.safetensors")
+    monkeypatch.setenv(WEIGHTS_ENV, str(folder))
+    model, provenance = load_vit(TAGGED_TINY)
+    torch.testing.assert_close(logits(model), expected)
+    assert provenance.path == str(folder / "model.safetensors")
+
+
+def test_env_variable_and_paths_expand_the_home_folder(trained_like, tmp_path, monkeypatch):
+    path, expected = trained_like
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "w").mkdir()
+    shutil.copy(path, tmp_path / "w" / "model.safetensors")
+    monkeypatch.setenv(WEIGHTS_ENV, "~/w/model.safetensors")
+    model, provenance = load_vit(TAGGED_TINY)
+    torch.testing.assert_close(logits(model), expected)
+    assert provenance.path == str(tmp_path / "w" / "model.safetensors")
+    monkeypatch.delenv(WEIGHTS_ENV)
+    assert load_vit(TAGGED_TINY, weights="~/w").provenance.path == str(tmp_path / "w" / "model.safetensors")
+
+
+@pytest.mark.parametrize("case", ["missing", "folder without weights", "wrong model"])
+def test_env_variable_errors_say_where_the_file_came_from(trained_like, tmp_path, monkeypatch, case):
+    path, _ = trained_like
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "other.safetensors").write_bytes(b"x")
+    value = {"missing": str(tmp_path / "nope.safetensors"), "folder without weights": str(folder),
+             "wrong model": str(path)}[case]
+    monkeypatch.setenv(WEIGHTS_ENV, value)
+    with pytest.raises(WeightsError) as error:
+        load_vit("vit_small_patch16_224" if case == "wrong model" else TAGGED_TINY)
+    message = str(error.value)
+    assert message.startswith(f"{WEIGHTS_ENV}={value}: ") and "\n" not in message
+    if case == "folder without weights":
+        assert "without model.safetensors" in message and "other.safetensors" in message
+
+
+# ---------------------------------------------------------------- files of unknown training
+
+def test_file_without_the_suites_metadata_is_training_unknown(tmp_path):
+    from safetensors.torch import save_file
+    state = {k: v.contiguous() for k, v in create_untrained(TAGGED_TINY, seed=5).state_dict().items()}
+    save_file(state, str(tmp_path / "theirs.safetensors"))
+    torch.save(state, tmp_path / "theirs.pth")
+    for name in ("theirs.safetensors", "theirs.pth"):
+        _, provenance = load_vit(TAGGED_TINY, weights=tmp_path / name)
+        assert provenance.trained, "a file of unknown training is treated as trained"
+        assert provenance.training_known is False
+        assert "local file, training unknown" in provenance.label and "UNTRAINED" not in provenance.label
+        assert provenance.as_dict()["training_known"] is False
+
+
+def test_files_saved_by_the_suite_know_their_training(trained_like, tmp_path):
+    path, _ = trained_like
+    known = load_vit(TAGGED_TINY, weights=path).provenance
+    assert known.trained and known.training_known and known.label == f"{TAGGED_TINY} (local file)"
+    untrained = save_weights(create_untrained(TAGGED_TINY), tmp_path / "u.safetensors", untrained=True)
+    provenance = load_vit(TAGGED_TINY, weights=untrained).provenance
+    assert not provenance.trained and provenance.training_known
+    assert provenance.label == "UNTRAINED weights (local file saved as untrained) - architecture vit_tiny_patch16_224"
+
+
+def test_untrained_label_names_the_architecture_not_a_pretrained_tag():
+    provenance = load_vit(TAGGED_TINY, weights="random").provenance
+    assert provenance.label == "UNTRAINED weights (random init, seed 0) - architecture vit_tiny_patch16_224"
+    assert "augreg" not in provenance.label
+
+
+# ---------------------------------------------------------------- permissions and message syntax
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_saved_and_downloaded_files_get_ordinary_permissions(tiny, tmp_path, monkeypatch, umask, mode):
+    def fake_download(repo_id, filename, local_dir=None):
+        target = Path(local_dir) / filename
+        target.write_bytes(b"weights")
+        target.chmod(0o600)  # what a private temporary file would have
+        return str(target)
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
+    previous = os.umask(umask)
+    try:
+        saved = save_weights(tiny, tmp_path / "mine.safetensors", untrained=True)
+        downloaded = download_weights(TAGGED_TINY, tmp_path)
+    finally:
+        os.umask(previous)
+    assert oct(saved.stat().st_mode & 0o777) == oct(mode)
+    assert oct(downloaded.stat().st_mode & 0o777) == oct(mode)
+
+
+def test_python_messages_use_python_syntax(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError) as error:
+        load_vit(TAGGED_TINY, weights="pretrained")
+    assert 'weights="DIR/model.safetensors"' in str(error.value) and "--weights" not in str(error.value)
+    load_vit(TAGGED_TINY, weights="auto")
+    banner = capsys.readouterr().err
+    assert 'weights="DIR/model.safetensors"' in banner and "--weights" not in banner
+    assert "HF_HUB_OFFLINE=1 is set" in banner

@@ -1,8 +1,11 @@
 """Notebook 06_attention_maps: the paper's attention analyses from captured attention weights.
 
 Attention rollout (Abnar & Zuidema 2020; ViT paper Fig. 6) and mean attention
-distance (ViT paper Fig. 7 right), batched and vectorised; plus streaming averages of
-the distance over many images. The weights themselves come from ``recorder.capture``.
+distance (ViT paper Fig. 7 right), batched and vectorised, from the (B, L, H, N, N)
+attention that ``recorder.capture`` returns. Both are also available streamed
+(:class:`StreamedRollout`, :class:`StreamedDistance`, :func:`analyse_attention`):
+computed layer by layer inside the forward pass, so no (B, L, H, N, N) tensor is ever
+stored - what a folder of images needs (:func:`average_attention_distance`).
 A sanity check for the maps: how much of a rollout map the mere brightness of the
 patches explains (:func:`patch_brightness`, :func:`map_correlation`).
 """
@@ -37,15 +40,34 @@ def fuse_heads(attention: torch.Tensor, head_fusion: str = "mean") -> torch.Tens
 def discard_lowest(fused: torch.Tensor, discard_ratio: float) -> torch.Tensor:
     """Zero the ``discard_ratio`` fraction of smallest entries of each (N, N) map.
 
-    (M, N, N) -> (M, N, N), one map per image and layer; the input itself is never modified.
+    (..., N, N) -> (..., N, N), one map per image and layer; the input itself is never modified.
     """
-    M, N, _ = fused.shape
+    N = fused.shape[-1]
     count = int(N * N * discard_ratio)
     if count == 0:
         return fused
-    flat = fused.reshape(M, N * N).clone()  # (M, N*N)
+    flat = fused.reshape(-1, N * N).clone()  # (M, N*N)
     lowest = flat.topk(count, dim=-1, largest=False).indices  # (M, count)
-    return flat.scatter_(-1, lowest, 0.0).view(M, N, N)  # (M, N, N)
+    return flat.scatter_(-1, lowest, 0.0).view(fused.shape)  # (..., N, N)
+
+
+def _check_rollout_options(head_fusion: str, discard_ratio: float) -> None:
+    if head_fusion not in HEAD_FUSIONS:
+        raise VitInspectError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise VitInspectError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
+
+
+def rollout_layer(attention: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
+    """One layer's factor of the rollout: (..., H, N, N) -> (..., N, N).
+
+    Heads fused, the weakest links optionally discarded, the identity added for the
+    residual connection, each row renormalised to sum to 1.
+    """
+    fused = discard_lowest(fuse_heads(attention, head_fusion), discard_ratio)  # (..., N, N)
+    N = fused.shape[-1]
+    mixed = fused + torch.eye(N, dtype=fused.dtype, device=fused.device)  # (..., N, N)
+    return mixed / mixed.sum(dim=-1, keepdim=True)
 
 
 def attention_rollout(attention: torch.Tensor, head_fusion: str = "mean",
@@ -57,13 +79,9 @@ def attention_rollout(attention: torch.Tensor, head_fusion: str = "mean",
     multiply the layers, later layers on the left: R = A_L ... A_1. Row i of R says how
     much output token i draws on each input token.
     """
-    if not 0.0 <= discard_ratio < 1.0:
-        raise VitInspectError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
-    B, L, H, N, _ = attention.shape
-    fused = fuse_heads(attention, head_fusion).reshape(B * L, N, N)  # (B*L, N, N)
-    fused = discard_lowest(fused, discard_ratio).view(B, L, N, N)  # (B, L, N, N)
-    mixed = fused + torch.eye(N, dtype=attention.dtype, device=attention.device)  # (B, L, N, N)
-    mixed = mixed / mixed.sum(dim=-1, keepdim=True)
+    _check_rollout_options(head_fusion, discard_ratio)
+    L = attention.shape[1]
+    mixed = rollout_layer(attention, head_fusion, discard_ratio)  # (B, L, N, N)
     rollout = mixed[:, 0]  # (B, N, N)
     for layer in range(1, L):
         rollout = mixed[:, layer] @ rollout  # (B, N, N)
@@ -127,17 +145,21 @@ def mean_attention_distance(attention: torch.Tensor, grid: tuple[int, int], num_
     keys, and each patch query's attention is renormalised over the patch keys before
     weighting the distances; the result is the mean over the patch queries.
     """
-    p = num_prefix_tokens
     distances = patch_distances(grid, patch_size).to(attention.device, attention.dtype)  # (P, P)
-    patch_attention = attention[..., p:, p:]  # (..., H, P, P)
-    if patch_attention.shape[-1] != distances.shape[-1]:
-        raise VitInspectError(f"{attention.shape[-1]} tokens do not match {p} prefix + "
+    if attention.shape[-1] != num_prefix_tokens + distances.shape[-1]:
+        raise VitInspectError(f"{attention.shape[-1]} tokens do not match {num_prefix_tokens} prefix + "
                               f"{grid[0]}x{grid[1]} patches")
-    # one pass over the attention gives both sums, without an (..., P, P) temporary
-    distances_and_ones = torch.stack([distances, torch.ones_like(distances)], dim=-1)  # (P, P, 2)
-    sums = torch.einsum("...qk,qkc->...qc", patch_attention, distances_and_ones)  # (..., H, P, 2)
-    mass = sums[..., 1].clamp_min(torch.finfo(attention.dtype).tiny)  # (..., H, P), patch-key mass
-    return (sums[..., 0] / mass).mean(dim=-1)
+    return weighted_distance(attention, distances, num_prefix_tokens)
+
+
+def weighted_distance(attention: torch.Tensor, distances: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """(..., H, N, N) attention and (P, P) patch distances -> (..., H) mean attention distance."""
+    p = num_prefix_tokens
+    patch_attention = attention[..., p:, p:]  # (..., H, P, P), a view: no copy
+    # row by row dot products: no (..., P, P) temporary (an einsum here copies the attention)
+    weighted = torch.linalg.vecdot(patch_attention, distances)  # (..., H, P)
+    mass = patch_attention.sum(dim=-1).clamp_min(torch.finfo(attention.dtype).tiny)  # (..., H, P)
+    return (weighted / mass).mean(dim=-1)
 
 
 def uniform_attention_distance(grid: tuple[int, int], patch_size: int) -> float:
@@ -151,30 +173,101 @@ def uniform_attention_distance(grid: tuple[int, int], patch_size: int) -> float:
 def reusable(buffer: torch.Tensor | None, batch: int, tokens: int) -> torch.Tensor | None:
     """The leading ``batch`` rows of an earlier (B, L, H, N, N) output if they fit, else None.
 
-    Streaming loops write every batch into the first batch's output: a fresh output
-    would pay a page fault per 4 KiB again and again.
+    Streaming loops that keep the whole attention write every batch into the first batch's
+    output: a fresh output would pay a page fault per 4 KiB again and again.
     """
     if buffer is None or batch > buffer.shape[0] or buffer.shape[-1] != tokens:
         return None
     return buffer[:batch]
 
 
+# ---------------------------------------------------------------- streamed, layer by layer
+
+
+class StreamedRollout:
+    """:func:`attention_rollout` accumulated inside the forward pass, one layer at a time.
+
+    A :class:`~vit_inspect.recorder.LayerAnalysis` for ``capture(..., analyses=...)``:
+    holds one (B, N, N) product instead of the (B, L, H, N, N) attention.
+    """
+
+    def __init__(self, head_fusion: str = "mean", discard_ratio: float = 0.0) -> None:
+        _check_rollout_options(head_fusion, discard_ratio)
+        self.head_fusion, self.discard_ratio = head_fusion, discard_ratio
+        self.rollout: torch.Tensor | None = None
+        self.layers_seen = 0
+
+    def update(self, slot: int, attention: torch.Tensor) -> None:
+        """Multiply layer ``slot``'s (B, H, N, N) attention in, on the left (later layers left)."""
+        if slot != self.layers_seen:
+            raise VitInspectError(f"rollout needs the layers in forward order: got slot {slot} "
+                                  f"after {self.layers_seen} layers")
+        mixed = rollout_layer(attention, self.head_fusion, self.discard_ratio)  # (B, N, N)
+        self.rollout = mixed if self.rollout is None else mixed @ self.rollout  # (B, N, N)
+        self.layers_seen += 1
+
+    def result(self) -> torch.Tensor:
+        """(B, N, N), as :func:`attention_rollout` gives for the same layers."""
+        if self.rollout is None:
+            raise VitInspectError("no layer was seen")
+        return self.rollout
+
+
+class StreamedDistance:
+    """:func:`mean_attention_distance` of each layer, computed as the forward pass reaches it.
+
+    A :class:`~vit_inspect.recorder.LayerAnalysis`: keeps (B, H) per layer, result (B, L, H).
+    """
+
+    def __init__(self, grid: tuple[int, int], num_prefix_tokens: int, patch_size: int) -> None:
+        self.distances = patch_distances(grid, patch_size)  # (P, P), float64 until the first layer
+        self.grid, self.num_prefix_tokens = grid, num_prefix_tokens
+        self.per_layer: dict[int, torch.Tensor] = {}
+
+    def update(self, slot: int, attention: torch.Tensor) -> None:
+        """Layer ``slot``'s (B, H, N, N) attention -> its (B, H) distances."""
+        if self.distances.dtype != attention.dtype or self.distances.device != attention.device:
+            self.distances = self.distances.to(attention.device, attention.dtype)
+        if attention.shape[-1] != self.num_prefix_tokens + self.distances.shape[-1]:
+            raise VitInspectError(f"{attention.shape[-1]} tokens do not match {self.num_prefix_tokens} "
+                                  f"prefix + {self.grid[0]}x{self.grid[1]} patches")
+        self.per_layer[slot] = weighted_distance(attention, self.distances, self.num_prefix_tokens)  # (B, H)
+
+    def result(self) -> torch.Tensor:
+        """(B, L, H) pixels, layers in the order of the chosen slots."""
+        if not self.per_layer:
+            raise VitInspectError("no layer was seen")
+        return torch.stack([self.per_layer[slot] for slot in sorted(self.per_layer)], dim=1)  # (B, L, H)
+
+
+def analyse_attention(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean",
+                      discard_ratio: float = 0.0, keep_attention: bool = False) -> dict[str, torch.Tensor]:
+    """One forward pass of ``images`` (B, 3, H, W) with rollout and distance computed inside it.
+
+    Returns ``{"logits": (B, C), "rollout": (B, N, N), "attention_distance": (B, L, H)}``,
+    equal to :func:`attention_rollout` and :func:`mean_attention_distance` of ``capture``'s
+    attention; the (B, L, H, N, N) attention itself is stored (``"attention"``) only with
+    ``keep_attention=True``.
+    """
+    grid = grid_size_of(model, images)
+    analyses = {"rollout": StreamedRollout(head_fusion, discard_ratio),
+                "attention_distance": StreamedDistance(grid, num_prefix_tokens_of(model), patch_size_of(model))}
+    return capture(model, images, analyses=analyses, keep_attention=keep_attention)
+
+
 def average_attention_distance(model: nn.Module, batches: Iterable[torch.Tensor],
                                progress: tqdm | None = None) -> torch.Tensor:
     """Mean attention distance per layer and head over all images of ``batches``: (L, H).
 
-    Streams: one batch's attention is held at a time. ``progress`` (a tqdm bar) is
-    advanced by the number of images in each batch.
+    Streams: each layer's distances are taken inside the forward pass, so no batch's
+    (B, L, H, N, N) attention is ever stored. ``progress`` (a tqdm bar) is advanced by
+    the number of images in each batch.
     """
-    total, count, buffer = None, 0, None
+    total, count = None, 0
     for images in batches:
-        grid = grid_size_of(model, images)
-        reuse = reusable(buffer, images.shape[0], num_prefix_tokens_of(model) + grid[0] * grid[1])
-        attention = capture(model, images, attention_out=reuse)["attention"]  # (B, L, H, N, N)
-        buffer = attention if reuse is None else buffer
-        distance = mean_attention_distance(attention, grid, num_prefix_tokens_of(model),
-                                           patch_size_of(model))  # (B, L, H)
-        total = distance.sum(dim=0) if total is None else total + distance.sum(dim=0)
+        analysis = StreamedDistance(grid_size_of(model, images), num_prefix_tokens_of(model), patch_size_of(model))
+        distance = capture(model, images, analyses={"distance": analysis}, keep_attention=False)["distance"]
+        total = distance.sum(dim=0) if total is None else total + distance.sum(dim=0)  # (L, H)
         count += images.shape[0]
         if progress is not None:
             progress.update(images.shape[0])

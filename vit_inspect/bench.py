@@ -27,7 +27,7 @@ import timm
 import torch
 from torch import nn
 
-from .attention_maps import attention_rollout, mean_attention_distance, reusable
+from .attention_maps import analyse_attention, attention_rollout, mean_attention_distance, reusable
 from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
 from .recorder import capture, fused_attention
 from .weights import create_untrained
@@ -113,29 +113,40 @@ def bench_capture(model: nn.Module, batch: int, rounds: int) -> dict[str, list[f
     return times
 
 
-def bench_analyses(model: nn.Module, num_images: int, batch: int, rounds: int) -> None:
-    batches = torch.randn(num_images, 3, 224, 224).split(batch)
+def full_tensor_analyses(model: nn.Module, batches: list[torch.Tensor]) -> Callable[[], None]:
+    """Rollout and distance from the stored (B, L, H, N, N) attention, one output reused across batches."""
     grid, patch, prefix = grid_size_of(model), patch_size_of(model), num_prefix_tokens_of(model)
-
     tokens = prefix + grid[0] * grid[1]
 
-    def analyses() -> None:
-        buffer = None  # one output for all batches, as average_attention_distance streams
+    def run() -> None:
+        buffer = None
         for images in batches:
             reuse = reusable(buffer, images.shape[0], tokens)
             attention = capture(model, images, attention_out=reuse)["attention"]  # (B, L, H, N, N)
             buffer = attention if reuse is None else buffer
             attention_rollout(attention)
             mean_attention_distance(attention, grid, prefix, patch)
+    return run
 
-    plain = forwards(model, list(batches))
-    for run in (*forwards(model, [batches[0]]).values(), lambda: capture(model, batches[0])):
+
+def bench_analyses(model: nn.Module, num_images: int, batch: int, rounds: int) -> None:
+    batches = list(torch.randn(num_images, 3, 224, 224).split(batch))
+
+    def streamed() -> None:  # rollout and distance inside the forward pass: no (B, L, H, N, N) tensor
+        for images in batches:
+            analyse_attention(model, images)
+
+    plain = forwards(model, batches)
+    for run in (*forwards(model, batches[:1]).values(), lambda: analyse_attention(model, batches[0])):
         run()  # warm-up: one batch of each is enough after the capture figures
-    times = interleaved({**plain, "analyses": analyses}, rounds, warmup=0)
+    times = interleaved({**plain, "streamed": streamed, "full tensor": full_tensor_analyses(model, batches)},
+                        rounds, warmup=0)
     reference = plain_reference(times)
     print(f"\ncapture + rollout + mean attention distance for {num_images} images in batches of {batch} "
           f"(reference: {num_images} {reference} forwards, median {statistics.median(times[reference]):.1f} s)")
-    print(ratio_line(f"analyses / {num_images} plain forwards", times["analyses"], times[reference]))
+    print(ratio_line(f"streamed analyses / {num_images} plain forwards", times["streamed"], times[reference]))
+    print(ratio_line("full-tensor analyses / plain forwards", times["full tensor"], times[reference]))
+    print(ratio_line("streamed / full-tensor analyses", times["streamed"], times["full tensor"]))
 
 
 EXPLORER_REDRAW_TARGET_S = 0.150
@@ -240,6 +251,10 @@ def memory_probe(kind: str, batch: int, model_name: str) -> dict:
     images = torch.randn(batch, 3, 224, 224)
     if kind == "capture":
         run = lambda: capture(model, images)  # noqa: E731
+    elif kind == "streamed analyses":
+        run = lambda: analyse_attention(model, images)  # noqa: E731
+    elif kind == "full-tensor analyses":
+        run = lambda: full_tensor_analyses(model, [images])()  # noqa: E731
     elif kind == "AttentionExtract":
         extract = attention_extract(model)
         run = lambda: extract(images)  # noqa: E731
@@ -258,7 +273,7 @@ def bench_memory(batch: int, model_name: str) -> None:
     print(f"\npeak memory at batch {batch}: growth of the peak resident set size over one run, each in a "
           "fresh subprocess\n  (Linux VmHWM, reset via /proc/self/clear_refs after the model is built; "
           "outputs kept alive until the peak is read):")
-    for kind in ("plain fused", "capture", "AttentionExtract"):
+    for kind in MEMORY_KINDS:
         command = [sys.executable, "-m", "vit_inspect.bench", "--memory-probe", kind,
                    "--batch", str(batch), "--model", model_name]
         probe = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
@@ -278,11 +293,15 @@ def print_header(model_name: str) -> None:
           "ratios measured side by side are reported")
 
 
-SECTIONS = ("capture-batch-1", "capture-batch-N", "analyses", "explorer")
+SECTIONS = ("capture-batch-1", "capture-batch-N", "analyses", "memory", "explorer")
+MEMORY_KINDS = ("plain fused", "capture", "AttentionExtract", "streamed analyses", "full-tensor analyses")
 
 
 def run_section(section: str, args: argparse.Namespace) -> None:
     """One section of the benchmark, in this process; ratios within it are side by side."""
+    if section == "memory":
+        bench_memory(args.batch, args.model)
+        return
     model = create_untrained(args.model)
     if section == "capture-batch-1":
         bench_capture(model, 1, args.pairs)
@@ -299,16 +318,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vit_inspect.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=BENCH_MODEL)
     parser.add_argument("--pairs", type=int, default=7, help="rounds after warm-up (default: 7)")
-    parser.add_argument("--pairs-images", type=int, default=3, help="rounds for the many-image figure (default: 3)")
+    parser.add_argument("--pairs-images", type=int, default=5, help="rounds for the many-image figure (default: 5)")
     parser.add_argument("--images", type=int, default=64, help="images for the analyses figure (default: 64)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--section", default=None, choices=SECTIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--section", default=None, choices=SECTIONS,
+                        help="run one section alone, in this process (default: all, each in a fresh process)")
     args = parser.parse_args(argv)
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe, args.batch, args.model)))
         return 0
     if args.section:
+        print(f"load average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
         run_section(args.section, args)
         return 0
     print_header(args.model)
@@ -316,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
           "(100+ MB buffers) does not bias the next", flush=True)
     forwarded = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
                  if key not in ("section", "memory_probe")]
-    for section in SECTIONS:
+    for section in (s for s in SECTIONS if s != "memory"):
         subprocess.run([sys.executable, "-m", "vit_inspect.bench", "--section", section, *forwarded], check=True)
     bench_memory(args.batch, args.model)
     print(f"\nload average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -9,13 +9,19 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from .errors import VitInspectError
+from .errors import VitInspectError, command_line_messages, weights_argument
 from .model_info import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from tqdm import tqdm
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 VALUE_OPTIONS = ("--query", "--layer")  # options whose value may start with "-"
+MAX_EXIT_SKIPPED = 100  # `distance` exits with the number of skipped files, capped below the shell's 126+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     distance.add_argument("--out", type=Path, default=None, help="write the result as JSON to this file")
     _add_model_arguments(distance)
     distance.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    distance.add_argument("--strict", action="store_true",
+                          help="stop at the first unreadable file (default: list it, skip it, and exit with "
+                               "the number of skipped files)")
     distance.set_defaults(run=run_distance)
 
     download = commands.add_parser("download", help="fetch pretrained weights for offline use")
@@ -154,6 +163,8 @@ def run_report(args: argparse.Namespace) -> None:
     print(f"weights: {provenance.label}")
     data = compute_report(args.image, model, provenance, query=query, layer=layer)
     figure, summary = write_report(data, args.out)
+    for warning in data.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"report written: {figure}\nsummary written: {summary}")
 
 
@@ -171,7 +182,8 @@ def image_files(folder: Path) -> list[Path]:
     return paths
 
 
-def run_distance(args: argparse.Namespace) -> None:
+def run_distance(args: argparse.Namespace) -> int:
+    """Exit code: 0 if every image was read, else the number of skipped files (at most 100)."""
     paths = image_files(args.folder)
     if args.batch_size < 1:
         raise VitInspectError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -180,18 +192,18 @@ def run_distance(args: argparse.Namespace) -> None:
 
     from tqdm import tqdm
 
-    from .attention_maps import average_attention_distance, uniform_attention_distance
-    from .images import image_batches
+    from .attention_maps import uniform_attention_distance
     from .model_info import grid_size_of, patch_size_of
     from .weights import load_vit
 
     model, provenance = load_vit(args.model, args.weights)
     print(f"weights: {provenance.label}")
     with tqdm(total=len(paths), unit="image", desc="attention distance", leave=False) as bar:
-        distance = average_attention_distance(model, image_batches(paths, model, args.batch_size), bar)
+        distance, skipped = _distance_skipping_bad_files(model, paths, args, bar)
     grid, patch_size = grid_size_of(model), patch_size_of(model)
     result = {"model": provenance.model, "weights": provenance.as_dict(), "folder": str(args.folder),
-              "num_images": len(paths), "patch_size": patch_size, "grid": list(grid),
+              "num_images": len(paths) - len(skipped), "num_skipped": len(skipped), "skipped": skipped,
+              "patch_size": patch_size, "grid": list(grid),
               "uniform_attention_distance": uniform_attention_distance(grid, patch_size),
               "attention_distance": distance.tolist()}
     _print_distance(distance, provenance.trained, result["uniform_attention_distance"])
@@ -199,6 +211,36 @@ def run_distance(args: argparse.Namespace) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"written: {args.out}")
+    if skipped:
+        print(f"skipped {len(skipped)} of {len(paths)} files (listed above); exit code {len(skipped)}",
+              file=sys.stderr)
+    return min(len(skipped), MAX_EXIT_SKIPPED)
+
+
+def _distance_skipping_bad_files(model: nn.Module, paths: list[Path], args: argparse.Namespace,
+                                 bar: tqdm) -> tuple[torch.Tensor, list[dict[str, str]]]:
+    """(L, H) distance over the readable files, and [{file, reason}] for each skipped one.
+
+    With ``--strict`` the first unreadable file ends the run instead.
+    """
+    from .attention_maps import average_attention_distance
+    from .images import image_batches
+
+    skipped: list[dict[str, str]] = []
+
+    def skip(path: Path, error: VitInspectError) -> None:
+        skipped.append({"file": str(path), "reason": str(error)})
+        bar.write(f"skipped: {error}", file=sys.stderr)
+        bar.update(1)
+
+    batches = image_batches(paths, model, args.batch_size, on_error=None if args.strict else skip)
+    try:
+        return average_attention_distance(model, batches, bar), skipped
+    except VitInspectError:
+        if skipped and len(skipped) == len(paths):
+            raise VitInspectError(f"{args.folder}: none of the {len(paths)} image files could be read "
+                                  "(each is listed above)") from None
+        raise
 
 
 def _print_distance(distance, trained: bool, uniform: float) -> None:
@@ -212,12 +254,13 @@ def _print_distance(distance, trained: bool, uniform: float) -> None:
 # ---------------------------------------------------------------- download
 
 def run_download(args: argparse.Namespace) -> None:
-    from .weights import download_weights, hub_reachable
+    from .weights import WEIGHTS_ENV, download_weights, hub_reachable, hub_unreachable_reason
 
     if not hub_reachable():
-        raise VitInspectError("cannot reach the Hugging Face hub; run this where there is network")
+        raise VitInspectError(f"cannot download: {hub_unreachable_reason()}; run this where there is network")
     path = download_weights(args.model, args.to)
-    print(f"downloaded {args.model}\npass this as weights=: {path}")
+    print(f"downloaded {args.model}\nuse it with {weights_argument(str(path))}, "
+          f"or export {WEIGHTS_ENV}={path}")
 
 
 # ---------------------------------------------------------------- check
@@ -248,11 +291,11 @@ def run_check(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     try:
-        status = args.run(args)
+        with command_line_messages():  # messages say `--weights PATH`, not `weights="PATH"`
+            return args.run(args) or 0
     except VitInspectError as err:
         print(f"vit-inspect: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("vit-inspect: interrupted", file=sys.stderr)
         return 130
-    return status or 0

@@ -1,21 +1,25 @@
 """Images in, RGB out; preprocessing from the model's own data config."""
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from timm.data import create_transform, resolve_model_data_config
+from timm.data.constants import DEFAULT_CROP_PCT
 from torch import nn
 from torchvision import transforms as T
 
 from .errors import ImageError
 
 HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+CROP_DROP_WARNING = 0.5     # warn when the crop leaves out more than this share of the width or height
+UPSCALE_WARNING = 2.0       # warn when each image pixel is stretched over more than this many input pixels
 
 
 def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
@@ -98,6 +102,66 @@ def split_transform(transform: T.Compose) -> tuple[T.Compose, T.Compose]:
     return T.Compose(steps[:first_tensor_step]), T.Compose(steps[first_tensor_step:])
 
 
+def resized_size(image_size: tuple[int, int], data_config: dict) -> tuple[int, int]:
+    """(width, height) of an image of ``image_size`` (W, H) after the eval transform's resize, before its crop.
+
+    Follows timm's ``transforms_imagenet_eval``: the resize target is input / crop_pct; "center"
+    fits the shorter side, "border" the longer one, "squash" both (aspect ratio lost).
+    """
+    W, H = image_size
+    _, ch, cw = data_config["input_size"]
+    crop_pct = data_config.get("crop_pct") or DEFAULT_CROP_PCT
+    sh, sw = math.floor(ch / crop_pct), math.floor(cw / crop_pct)
+    mode = data_config.get("crop_mode") or "center"
+    if mode == "squash":
+        return sw, sh
+    if mode == "center" and sh == sw:  # torchvision's Resize(int): shorter side to sh, longer truncated
+        new_long = int(sh * max(W, H) / min(W, H))
+        return (sh, new_long) if W <= H else (new_long, sh)
+    ratio = (max if mode == "border" else min)(H / sh, W / sw)  # timm's ResizeKeepRatio
+    return round(W / ratio), round(H / ratio)
+
+
+def _crop_start(resized: int, crop: int) -> int:
+    """First pixel of a centred crop (torchvision / timm rounding); negative where the crop pads."""
+    return -((crop - resized) // 2) if crop > resized else round((resized - crop) / 2)
+
+
+def crop_box(image_size: tuple[int, int], data_config: dict) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the region the model sees, in pixels of the original image.
+
+    ``image_size`` is (W, H) of the upright image (after EXIF rotation, as :func:`load_image`
+    returns it). Equal to timm's eval transform: ``image.resize(input, box=crop_box(...))``
+    gives the crop :func:`preprocess` returns. Outside 0..W or 0..H where the transform pads.
+    """
+    W, H = image_size
+    _, ch, cw = data_config["input_size"]
+    rw, rh = resized_size(image_size, data_config)
+    left, top = _crop_start(rw, cw), _crop_start(rh, ch)
+    sx, sy = W / rw, H / rh  # original pixels per resized pixel
+    return left * sx, top * sy, (left + cw) * sx, (top + ch) * sy
+
+
+def crop_warnings(image_size: tuple[int, int], data_config: dict) -> list[str]:
+    """Plain-language warnings when the model sees little of the image, or a blown-up one."""
+    W, H = image_size
+    _, ch, cw = data_config["input_size"]
+    left, top, right, bottom = crop_box(image_size, data_config)
+    warnings_found = []
+    for side, start, end, size in (("width", left, right, W), ("height", top, bottom, H)):
+        kept = (min(end, size) - max(start, 0)) / size
+        if 1 - kept > CROP_DROP_WARNING:
+            warnings_found.append(
+                f"the centre crop drops {1 - kept:.0%} of the image's {side} (the model sees pixels "
+                f"{max(start, 0):.0f}-{min(end, size):.0f} of {size}): what lies outside is never seen")
+    scale = cw / (right - left)  # input pixels per original pixel
+    if scale > UPSCALE_WARNING:
+        warnings_found.append(
+            f"the image ({W}x{H} px) is much smaller than the {cw}x{ch} input: it is upscaled {scale:.1f}x, "
+            "so the patches see interpolated pixels, not detail")
+    return warnings_found
+
+
 def denormalize(tensor: torch.Tensor, data_config: dict) -> torch.Tensor:
     """Undo Normalize: (3, H, W) or (B, 3, H, W) -> same shape in [0, 1]."""
     mean = torch.tensor(data_config["mean"], dtype=tensor.dtype).view(3, 1, 1)
@@ -126,9 +190,24 @@ def sample_images() -> list[Path]:
     return sorted(p for p in data_dir().iterdir() if p.suffix in (".png", ".jpg"))
 
 
-def image_batches(paths: Sequence[str | os.PathLike], model: nn.Module,
-                  batch_size: int) -> Iterator[torch.Tensor]:
-    """Preprocessed (B, 3, H, W) batches of ``paths``, loaded lazily, in order."""
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        yield torch.cat([preprocess(path, model).tensor for path in chunk])  # (B, 3, H, W)
+def image_batches(paths: Sequence[str | os.PathLike], model: nn.Module, batch_size: int,
+                  on_error: Callable[[Path, ImageError], None] | None = None) -> Iterator[torch.Tensor]:
+    """Preprocessed (B, 3, H, W) batches of ``paths``, loaded lazily, in order.
+
+    ``on_error(path, error)``: called for a file that cannot be read, which is then left
+    out (the batches stay full); without it the first such file raises its ImageError.
+    """
+    batch: list[torch.Tensor] = []
+    for path in paths:
+        try:
+            batch.append(preprocess(path, model).tensor)  # (1, 3, H, W)
+        except ImageError as error:
+            if on_error is None:
+                raise
+            on_error(Path(path), error)
+            continue
+        if len(batch) == batch_size:
+            yield torch.cat(batch)  # (B, 3, H, W)
+            batch = []
+    if batch:
+        yield torch.cat(batch)  # (B, 3, H, W)

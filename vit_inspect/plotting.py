@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from functools import lru_cache
 from typing import NamedTuple, Sequence
 
@@ -28,6 +29,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
 from .images import denormalize
@@ -137,6 +139,8 @@ def add_colorbar(fig: Figure, mappable, axes: Axes | Sequence[Axes], label: str,
                  uniform: float | None = None, orientation: str = "vertical") -> None:
     """A colour bar for ``axes``; ``uniform`` is drawn on it as a cyan line and stated in the label."""
     bar = fig.colorbar(mappable, ax=axes, shrink=0.8, pad=0.02, orientation=orientation, label=label)
+    if orientation == "horizontal":  # long tick labels such as 0.0035 would run into each other
+        bar.locator = MaxNLocator(nbins=3)
     if uniform is not None:
         mark = bar.ax.axhline if orientation == "vertical" else bar.ax.axvline
         mark(uniform, color="cyan", linewidth=2)
@@ -317,14 +321,26 @@ def plot_gelu(x: torch.Tensor, exact: torch.Tensor, approx: torch.Tensor, ax: Ax
 # ---------------- 05 classification head
 
 
-def plot_top_k(topk: TopK, image: int = 0, *, trained: bool, ax: Axes | None = None, title: str = "top-5") -> Figure:
-    """Horizontal bar chart of the top-k probabilities of one image."""
+def plot_top_k(topk: TopK, image: int = 0, *, trained: bool, ax: Axes | None = None, title: str = "top-5",
+               wrap: int = 48) -> Figure:
+    """The top-k classes of one image, best first: percentage, full ImageNet name and index.
+
+    Names are wrapped at ``wrap`` characters, never cut; each row's bar (its probability, on a
+    0-1 axis) lies behind its text, so a name of several lines costs no extra bar row.
+    """
     ax = axes_or_new(ax)
-    rows = topk.rows(image)[::-1]
-    bars = ax.barh([f"{r['label'][:28]} ({r['index']})" for r in rows], [r["probability"] for r in rows])
-    ax.bar_label(bars, labels=[f"{r['probability']:.1%}" for r in rows], padding=3)
-    ax.set_xlim(0, 1.15)
-    ax.set_xlabel("probability")
+    rows = topk.rows(image)
+    texts = [textwrap.fill(f"{r['probability']:6.1%}  {r['label']} ({r['index']})", wrap,
+                           subsequent_indent="        ", break_on_hyphens=False) for r in rows]
+    lines = np.array([text.count("\n") + 1 for text in texts])
+    tops = np.concatenate([[0.0], np.cumsum(lines + 0.5)[:-1]])  # a row: its lines, then half a line apart
+    ax.barh(tops + lines / 2, [r["probability"] for r in rows], height=lines + 0.2, color="tab:blue", alpha=0.3)
+    for top, text in zip(tops, texts):
+        ax.text(0.01, top + 0.05, text, va="top", ha="left", linespacing=1.0)
+    ax.set_ylim(tops[-1] + lines[-1] + 0.25, -0.25)
+    ax.set_xlim(0, 1)
+    ax.set_yticks([])
+    ax.set_xticks([])  # each row states its percentage
     label_panel(ax, title, trained)
     return ax.figure
 
