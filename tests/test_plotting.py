@@ -76,3 +76,69 @@ def test_residual_norms_and_gelu_plots():
     x = torch.linspace(-3, 3, 7)
     fig = plot_gelu(x, x, x + 1e-3)
     assert "1.0e-03" in fig.axes[0].get_title()
+
+
+# ---------------------------------------------------------------- 09 training
+
+def test_training_curves_draw_the_history():
+    from vit_inspect.plotting import plot_training_curves
+
+    history = {"train_loss": torch.tensor([2.0, 1.0, 0.5]), "test_loss": torch.tensor([2.1, 1.2, 0.7]),
+               "train_accuracy": torch.tensor([0.2, 0.6, 0.9]), "test_accuracy": torch.tensor([0.1, 0.5, 0.85])}
+    fig, axes = new_axes(1, 2)
+    assert plot_training_curves(history, axes=axes) is fig
+    loss, accuracy = axes[0, 0].get_lines(), axes[0, 1].get_lines()
+    assert np.allclose(loss[1].get_ydata(), [2.1, 1.2, 0.7]) and np.allclose(loss[0].get_xdata(), [1, 2, 3])
+    assert np.allclose(accuracy[1].get_ydata(), [0.1, 0.5, 0.85]) and "85.0%" in axes[0, 1].get_title()
+
+
+def test_confusion_matrix_counts_from_zero_with_colour_bar():
+    from vit_inspect.plotting import plot_confusion_matrix
+
+    matrix = torch.tensor([[5, 1], [0, 4]])
+    fig = plot_confusion_matrix(matrix, ["a", "b"])
+    ax = fig.axes[0]
+    assert ax.get_images()[0].get_clim() == (0, 5) and len(fig.axes) == 2  # the matrix and its colour bar
+    assert sorted(t.get_text() for t in ax.texts) == ["1", "4", "5"]  # empty cells stay blank
+    assert "9 of 10" in ax.get_title()
+
+
+def test_feature_embedding_colours_each_class():
+    from vit_inspect.plotting import plot_feature_embedding
+
+    points = torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+    fig = plot_feature_embedding(points, torch.tensor([0, 0, 1]), ["zero", "one"])
+    collections = fig.axes[0].collections
+    assert len(collections) == 2 and np.allclose(collections[1].get_offsets(), [[5.0, 5.0]])
+
+
+def test_deletion_curves_legend_gives_the_areas():
+    from vit_inspect import curve_area
+    from vit_inspect.plotting import plot_deletion_curves
+
+    curves = {"rollout": torch.tensor([1.0, 0.5, 0.0]), "random (seed 0)": torch.tensor([1.0, 1.0, 0.0])}
+    fig = plot_deletion_curves(curves)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == [f"rollout: area {float(curve_area(curves['rollout'])):.3f}", "random (seed 0): area 0.750"]
+    assert np.allclose(fig.axes[0].get_lines()[0].get_xdata(), [0, 0.5, 1])
+
+
+def test_randomisation_curves_and_locality_plots():
+    from vit_inspect.plotting import plot_pos_embed_locality, plot_randomisation_curves
+
+    curves = {"rollout": torch.tensor([1.0, 0.9, 0.2]), "last-layer attention": torch.tensor([1.0, 0.1, -0.2])}
+    ax = plot_randomisation_curves(curves).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["trained", "top 1", "top 2"]
+    assert np.allclose(ax.get_lines()[1].get_ydata(), [1.0, 0.1, -0.2]) and ax.get_ylim()[0] <= -0.2
+    gaps = {"neighbours - far patches": torch.tensor([0.0, 0.3])}
+    line = plot_pos_embed_locality(gaps).axes[0].get_lines()[0]
+    assert np.allclose(line.get_xdata(), [1, 2]) and np.allclose(line.get_ydata(), [0.0, 0.3])
+
+
+def test_examples_mark_wrong_predictions_in_red():
+    from vit_inspect.plotting import plot_examples
+
+    pixels = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+    fig = plot_examples(pixels, torch.tensor([0, 1, 1]), ["a", "b"], predictions=torch.tensor([0, 1, 0]), ncols=3)
+    titles = [(ax.get_title(), ax.title.get_color()) for ax in fig.axes]
+    assert titles == [("a -> a", "black"), ("b -> b", "black"), ("b -> a", "red")]

@@ -38,6 +38,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "attention_maps": ("HEAD_FUSIONS", "fuse_heads", "attention_rollout", "rollout_to_grid", "grid_argmax",
                        "patch_centres", "patch_distances", "mean_attention_distance",
                        "uniform_attention_distance", "average_attention_distance"),
+    "training": ("DATASETS", "SHIPPED_WEIGHTS", "ABLATIONS", "ViTSpec", "TrainConfig", "TrainingData",
+                 "build_vit", "spec_of", "untrained_like", "load_dataset", "model_input", "train_vit",
+                 "predict_logits", "evaluate", "accuracy", "save_trained", "training_metadata", "shipped_weights",
+                 "load_trained", "locality_per_epoch", "pixels_to_image", "pooled_features", "confusion_matrix",
+                 "linear_baseline", "class_token_maps", "patch_ink", "ink_ratio", "first_block_distance",
+                 "importance_order", "random_order", "delete_patches", "deletion_curve", "deletion_curves",
+                 "curve_area", "rank_correlation", "randomise_top_blocks", "randomised_maps", "randomisation_curves",
+                 "run_ablations"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -283,3 +283,134 @@ def _head_colours(count: int) -> list[tuple]:
     """A distinct colour per head: tab10 up to 10 heads, tab20 (cycled) beyond."""
     palette = colormaps["tab10" if count <= 10 else "tab20"]
     return [palette(head % palette.N) for head in range(count)]
+
+
+# ---------------- 09 training
+
+
+def plot_examples(pixels: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+                  predictions: torch.Tensor | None = None, axes: Sequence[Axes] | None = None, title: str = "",
+                  ncols: int = 8) -> Figure:
+    """uint8 crops (n, 3, S, S) with their class; with ``predictions``, wrong ones titled in red."""
+    n = pixels.shape[0]
+    fig, axes = _axes_grid(n, axes, ncols, size=1.3)
+    for index, ax in zip(range(n), axes):
+        ax.imshow(pixels[index].permute(1, 2, 0).numpy())  # (S, S, 3)
+        label = class_names[int(labels[index])]
+        if predictions is None:
+            ax.set_title(label, fontsize=9)
+        else:
+            guess = class_names[int(predictions[index])]
+            ax.set_title(f"{label} -> {guess}", fontsize=9, color="black" if guess == label else "red")
+        ax.set_axis_off()
+    fig.suptitle(title or "examples")
+    return fig
+
+
+def plot_training_curves(history: dict[str, torch.Tensor], axes: Sequence[Axes] | None = None,
+                         title: str = "") -> Figure:
+    """Loss and accuracy per epoch, train and test, from ``train_vit``'s history: two panels."""
+    fig, axes = _axes_grid(2, axes, ncols=2, size=3.6)
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for split, style in (("train", "o-"), ("test", "s-")):
+            ax.plot(epochs, _numpy(history[f"{split}_{metric}"]), style, markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.legend()
+    axes[1].set_ylim(0, 1.02)
+    axes[1].set_title(f"test accuracy after the last epoch: {float(history['test_accuracy'][-1]):.1%}")
+    axes[0].set_title("cross-entropy (train: with label smoothing)")
+    fig.suptitle(title or "training curves")
+    return fig
+
+
+def plot_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str], ax: Axes | None = None,
+                          title: str = "") -> Figure:
+    """Counts (C, C), rows = true class, columns = predicted, with the count in every non-empty cell."""
+    ax = axes_or_new(ax, size=4.5)
+    counts = _numpy(matrix)
+    image = ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(int(counts.max()), 1))
+    ax.figure.colorbar(image, ax=ax, shrink=0.8, label="test images")
+    for (row, col), count in np.ndenumerate(counts):
+        if count:
+            light = count > counts.max() / 2
+            ax.text(col, row, str(count), ha="center", va="center", fontsize=7, color="white" if light else "black")
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names)
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or f"confusion matrix ({int(np.trace(counts))} of {int(counts.sum())} right)")
+    return ax.figure
+
+
+def plot_feature_embedding(points: torch.Tensor | np.ndarray, labels: torch.Tensor, class_names: Sequence[str],
+                           ax: Axes | None = None, title: str = "") -> Figure:
+    """A 2-D embedding (n, 2) of features (t-SNE), one colour per class, the class name at its centre."""
+    ax = axes_or_new(ax, size=4.5)
+    points, labels = _numpy(points), _numpy(labels)
+    colours = _head_colours(len(class_names))
+    for index, name in enumerate(class_names):
+        chosen = points[labels == index]
+        ax.scatter(chosen[:, 0], chosen[:, 1], s=8, color=colours[index], label=name)
+        if len(chosen):
+            ax.text(*np.median(chosen, axis=0), name, fontsize=11, weight="bold", ha="center", va="center")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize="x-small", markerscale=1.5, ncols=2, loc="best")
+    ax.set_title(title or "t-SNE of the class-token features")
+    return ax.figure
+
+
+def plot_pos_embed_locality(gaps: dict[str, torch.Tensor], ax: Axes | None = None, title: str = "") -> Figure:
+    """Per-epoch locality of the position embeddings: {name: (E,)} gaps of mean cosine similarity."""
+    ax = axes_or_new(ax)
+    for (name, values), style in zip(gaps.items(), ("o-", "s-", "^-", "v-")):
+        values = _numpy(values)
+        ax.plot(np.arange(1, len(values) + 1), values, style, markersize=3, label=name)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("difference of mean cosine similarity")
+    ax.legend()
+    ax.set_title(title or "position-embedding locality during training")
+    return ax.figure
+
+
+def plot_deletion_curves(curves: dict[str, torch.Tensor], ax: Axes | None = None, title: str = "") -> Figure:
+    """True-class probability against the fraction of patches deleted, one (K,) curve per order.
+
+    Curves named "random ..." are drawn thin and grey; the legend gives each curve's area.
+    """
+    ax = axes_or_new(ax, size=4.5)
+    for name, curve in curves.items():
+        values = _numpy(curve)
+        fractions = np.linspace(0, 1, len(values))  # the same even steps as training.curve_area
+        style = {"color": "grey", "linewidth": 0.9} if name.startswith("random") else {"linewidth": 2}
+        area = np.trapezoid(values, fractions)
+        ax.plot(fractions, values, "o-", markersize=3, label=f"{name}: area {area:.3f}", **style)
+    ax.set_xlabel("fraction of patches deleted (most important first)")
+    ax.set_ylabel("probability of the true class")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize="small")
+    ax.set_title(title or "deletion curves: lower area = more faithful order")
+    return ax.figure
+
+
+def plot_randomisation_curves(curves: dict[str, torch.Tensor], ylabel: str = "Spearman correlation with the trained maps",
+                              ax: Axes | None = None, title: str = "") -> Figure:
+    """One (L + 1,) value per randomisation step and explanation: step k = top k blocks re-initialised."""
+    ax = axes_or_new(ax, size=4.5)
+    for name, curve in curves.items():
+        values = _numpy(curve)
+        ax.plot(np.arange(len(values)), values, "o-", label=name)
+    steps = len(next(iter(curves.values())))
+    ax.set_xticks(np.arange(steps), ["trained"] + [f"top {k}" for k in range(1, steps)])
+    ax.axhline(0 if "correlation" in ylabel else 1, color="grey", linewidth=0.8)
+    low = min(-0.1, *(float(c.min()) for c in curves.values()))
+    ax.set_ylim(low, max(1.05, *(1.05 * float(c.max()) for c in curves.values())))
+    ax.set_xlabel("blocks re-initialised (from the top)")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.set_title(title or "model-randomisation check")
+    return ax.figure

@@ -35,7 +35,8 @@ KEYWORDS = ("auto", "pretrained", "random")
 class Provenance:
     """Where a model's weights came from.
 
-    ``source`` is one of "local file", "hub cache", "hub download", "random".
+    ``source`` is one of "local file", "hub cache", "hub download", "random", "shipped".
+    ``trained_on``: what a file saved by ``vit-inspect train`` says it was trained on.
     """
 
     model: str
@@ -43,10 +44,13 @@ class Provenance:
     trained: bool
     path: str | None = None
     seed: int | None = None
+    trained_on: str | None = None
 
     @property
     def label(self) -> str:
         """Short text for figure titles and printed predictions."""
+        if self.trained and self.trained_on:
+            return f"{self.model} trained here on {self.trained_on} ({self.source})"
         if not self.trained:
             seed = f", seed {self.seed}" if self.seed is not None else ""
             return f"UNTRAINED ({self.source}{seed}) {self.model}"
@@ -65,9 +69,16 @@ def load_vit(name: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto",
              seed: int = 0, verbose: bool = True) -> LoadedViT:
     """Create timm model ``name`` in eval mode with weights from ``weights``.
 
-    ``weights``: "auto" | "pretrained" | "random" | a local file path.
+    ``weights``: "auto" | "pretrained" | "random" | "digits" (the small ViT trained here,
+    shipped in data/) | a local file path. A file saved by ``vit-inspect train`` names
+    its own architecture in its header, which then replaces ``name``.
     Returns ``(model, provenance)``.
     """
+    from .training import load_trained, trained_here_path  # the format of `vit-inspect train`
+
+    trained_here = trained_here_path(weights)
+    if trained_here is not None:
+        return load_trained(trained_here, "local file" if trained_here == Path(weights) else "shipped")
     model = create_untrained(name, seed)
     if isinstance(weights, str) and weights in KEYWORDS:
         path, source = _resolve_keyword(name, weights)
@@ -77,6 +88,8 @@ def load_vit(name: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto",
         if weights == "auto" and verbose:
             print(untrained_banner(name, seed), file=sys.stderr)
         return LoadedViT(model.eval(), Provenance(name, "random", False, None, seed))
+    if trained_here_path(path) is not None:  # e.g. VIT_INSPECT_WEIGHTS names a file from `vit-inspect train`
+        return load_trained(path, source)
     trained = load_weights_file(model, path)
     return LoadedViT(model.eval(), Provenance(name, source, trained, str(path)))
 
