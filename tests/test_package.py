@@ -17,7 +17,7 @@ NOTEBOOK_MODULES = {"patches": "01", "position_embeddings": "02", "attention_by_
                     "encoder_stack": "04", "classification_head": "05", "attention_maps": "06",
                     "training": "09"}
 INTERNALS = ("to_rgb", "discard_lowest", "fused_attention_flags", "reusable", "split_transform",
-             "read_state_dict", "hub_reachable", "augment", "crop_transform", "trained_here_path")
+             "read_state_dict", "hub_reachable", "augment", "affine_matrices", "crop_transform", "trained_here_path")
 
 
 def package_modules() -> dict[str, types.ModuleType]:

@@ -195,9 +195,23 @@ def test_augment_identity_and_black_fill():
     generator = torch.Generator().manual_seed(0)
     still = TrainConfig(max_rotation=0, max_scale=0, max_shift=0)
     torch.testing.assert_close(training_module.augment(pixels, still, generator), pixels.float() / 255)
+    nearly = TrainConfig(max_rotation=1e-7, max_scale=1e-9, max_shift=1e-9)  # the affine path, all but identity
+    torch.testing.assert_close(training_module.augment(pixels, nearly, generator), pixels.float() / 255,
+                               rtol=0, atol=1e-4)
     shifted = training_module.augment(torch.full_like(pixels, 255), TrainConfig(max_rotation=0, max_scale=0,
                                                                                  max_shift=0.25), generator)
     assert shifted.min() == 0 and shifted.max() == 1  # black comes in from outside the image
+
+
+def test_augmentation_is_a_rotation_a_scale_and_a_shift_within_the_limits():
+    config = TrainConfig(max_rotation=30, max_scale=0.2, max_shift=0.1)
+    theta = training_module.affine_matrices(500, config, torch.Generator().manual_seed(0))  # (500, 2, 3)
+    linear, shift = theta[:, :, :2], theta[:, :, 2]  # (500, 2, 2), (500, 2)
+    scale = linear.det().rsqrt()  # a rotation divided by the scale has determinant 1 / scale^2
+    torch.testing.assert_close(linear @ linear.transpose(1, 2), torch.eye(2).expand(500, 2, 2) / scale[:, None, None] ** 2)
+    angle = torch.atan2(linear[:, 1, 0], linear[:, 0, 0]).rad2deg()  # (500,)
+    assert angle.abs().max() <= 30 and angle.abs().max() > 25 and (angle > 0).any() and (angle < 0).any()
+    assert (scale - 1).abs().max() <= 0.2 + 1e-6 and shift.abs().max() <= 0.2
 
 
 def test_training_is_seeded_and_returns_the_history(digits):
@@ -224,13 +238,13 @@ def test_training_is_seeded_and_returns_the_history(digits):
 
 
 def test_training_learns(digits):
-    """100 steps memorise 32 images: the loop, the loss and the labels fit together."""
+    """240 steps in batches of 8 memorise most of 32 images: the loop, the loss and the labels fit together."""
     data = subset(digits, 32, 32)
-    still = TrainConfig(epochs=100, batch_size=32, lr=3e-3, warmup_epochs=5, weight_decay=0, label_smoothing=0,
+    still = TrainConfig(epochs=60, batch_size=8, lr=1e-3, warmup_epochs=2, weight_decay=0, label_smoothing=0,
                         max_rotation=0, max_scale=0, max_shift=0)
     history = train_vit(build_vit(ViTSpec(depth=1)), data, still, progress=False)
     assert history["train_loss"][-1] < history["train_loss"][0] - 1.0, history["train_loss"][::10]
-    assert history["train_accuracy"][-1] > 0.6, history["train_accuracy"][-10:]
+    assert history["train_accuracy"][-1] > 0.5, history["train_accuracy"][-10:]
 
 
 def test_optimizer_leaves_position_embedding_and_norms_without_weight_decay():
@@ -335,6 +349,9 @@ def test_linear_baseline_on_the_same_split(digits):
     assert result["predictions"].shape == (100,)
     torch.testing.assert_close(result["accuracy"], (result["predictions"] == digits.test_labels[:100]).double().mean())
     assert result["accuracy"] > 0.8  # pixels of digits are nearly linearly separable
+    shuffled = subset(digits, 400, 100)
+    shuffled = shuffled._replace(train_labels=shuffled.train_labels[torch.randperm(400, generator=torch.Generator().manual_seed(0))])
+    assert linear_baseline(shuffled)["accuracy"] < 0.3, "it learns from the training labels only"
 
 
 def test_pooled_features_are_what_the_head_reads(small_model, digits):
@@ -364,8 +381,10 @@ def test_first_block_distance_is_the_first_layer_of_the_full_analysis(small_mode
 def test_patch_ink_and_ink_ratio():
     pixels = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
     pixels[0, :, 0:4, 4:8] = 255  # patch (row 0, col 1) fully inked, with 4-pixel patches
+    pixels[0, :, 4:6, 0:4] = 255  # patch (row 1, col 0) half inked
     ink = patch_ink(pixels, 4)
-    assert torch.equal(ink, torch.tensor([[[0.0, 1.0], [0.0, 0.0]]]))
+    assert torch.equal(ink, torch.tensor([[[0.0, 1.0], [0.5, 0.0]]]))
+    ink[0, 1, 0] = 0
     maps = torch.tensor([[[1.0, 3.0], [1.0, 1.0]]])
     torch.testing.assert_close(ink_ratio(maps, ink), torch.tensor([3.0]))
 
@@ -419,9 +438,9 @@ def test_rank_correlation_is_spearman():
 
 def test_randomise_top_blocks(small_model):
     before = {k: v.clone() for k, v in small_model.state_dict().items()}
-    same = randomise_top_blocks(small_model, 0)
-    top = randomise_top_blocks(small_model, 1)
-    fresh = untrained_like(small_model)
+    same = randomise_top_blocks(small_model, 0, seed=7)
+    top = randomise_top_blocks(small_model, 1, seed=7)
+    fresh = untrained_like(small_model, seed=7)  # small_model itself has seed 0
     for key, value in small_model.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)  # the model itself is untouched
         torch.testing.assert_close(same.state_dict()[key], value, rtol=0, atol=0)
@@ -449,15 +468,24 @@ def test_ink_ratio_per_randomisation_step():
     torch.testing.assert_close(ink_ratio(stacked, ink), torch.tensor([[3.0], [1.0]]))
 
 
-def test_run_ablations_trains_every_variant_with_its_seeds(digits):
+def test_run_ablations_trains_every_variant_with_its_seeds(digits, monkeypatch):
     data = subset(digits, 64, 32)
+    calls = []
+    real_train = training_module.train_vit
+
+    def spy(model, data, config, progress):
+        calls.append((spec_of(model), config.seed, float(model.pos_embed.detach().sum())))
+        return real_train(model, data, config, progress=progress)
+    monkeypatch.setattr(training_module, "train_vit", spy)
     ablations = {"baseline": {}, "mean pooling": {"class_token": False}}
     results = run_ablations(data, SMALL, TrainConfig(epochs=1, batch_size=32), {"baseline": (0, 1),
                                                                                 "mean pooling": (0,)}, ablations)
     assert results["baseline"].shape == (2,) and results["mean pooling"].shape == (1,)
-    model = build_vit(SMALL, seed=1)
-    history = train_vit(model, data, TrainConfig(epochs=1, batch_size=32, seed=1), progress=False)
-    torch.testing.assert_close(results["baseline"][1], history["test_accuracy"][-1])
+    mean_pool = dataclasses.replace(SMALL, class_token=False)
+    expected = [(SMALL, 0, build_vit(SMALL, 0)), (SMALL, 1, build_vit(SMALL, 1)), (mean_pool, 0, build_vit(mean_pool, 0))]
+    assert [(spec, seed) for spec, seed, _ in calls] == [(spec, seed) for spec, seed, _ in expected]
+    for (_, _, start), (_, _, model) in zip(calls, expected):
+        assert start == float(model.pos_embed.detach().sum()), "each run starts from build_vit(variant, seed)"
     assert all(0 <= float(a) <= 1 for values in results.values() for a in values)
 
 

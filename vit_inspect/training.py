@@ -128,7 +128,7 @@ def _fix_sincos(model: nn.Module) -> None:
 
 def spec_of(model: nn.Module) -> ViTSpec:
     """The ViTSpec a model from :func:`build_vit` (or a file of :func:`save_trained`) was built from."""
-    spec = getattr(model, "pretrained_cfg", {}).get(SPEC_KEY)
+    spec = (getattr(model, "pretrained_cfg", None) or {}).get(SPEC_KEY)
     if spec is None:
         raise VitInspectError(f"{type(model).__name__} was not built by vit_inspect.build_vit")
     return ViTSpec(**spec)
@@ -375,15 +375,27 @@ def _train_epoch(model, data, config, optimizer, schedule, generator, device, ba
 
 def augment(pixels: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """uint8 (B, 3, S, S) -> float (B, 3, S, S) in [0, 1], each image under its own random affine map."""
-    B = pixels.shape[0]
-    uniform = torch.rand(B, 4, generator=generator) * 2 - 1  # (B, 4) in [-1, 1]
+    if config.max_rotation == config.max_scale == config.max_shift == 0:
+        return pixels.float() / 255  # (B, 3, S, S)
+    theta = affine_matrices(pixels.shape[0], config, generator)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)  # (B, S, S, 2)
+    return F.grid_sample(pixels.float() / 255, grid, align_corners=False)  # (B, 3, S, S), black outside
+
+
+def affine_matrices(batch: int, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation + scale + shift per image, as ``affine_grid`` wants them: (B, 2, 3).
+
+    They map output coordinates (in [-1, 1]) to where to sample the input, so the
+    rotation and scale are the inverse of what the image undergoes; a shift of 2 f moves
+    the picture by f of its side.
+    """
+    uniform = torch.rand(batch, 4, generator=generator) * 2 - 1  # (B, 4) in [-1, 1]
     angle = uniform[:, 0] * math.radians(config.max_rotation)  # (B,)
     scale = 1 + uniform[:, 1] * config.max_scale  # (B,)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale  # (B,)
-    theta = torch.stack([torch.stack([cos, -sin, uniform[:, 2] * 2 * config.max_shift], dim=1),
-                         torch.stack([sin, cos, uniform[:, 3] * 2 * config.max_shift], dim=1)], dim=1)  # (B, 2, 3)
-    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)  # (B, S, S, 2)
-    return F.grid_sample(pixels.float() / 255, grid, align_corners=False)  # (B, 3, S, S), black outside
+    shift = uniform[:, 2:] * 2 * config.max_shift  # (B, 2)
+    rotation = torch.stack([torch.stack([cos, -sin], dim=1), torch.stack([sin, cos], dim=1)], dim=1)  # (B, 2, 2)
+    return torch.cat([rotation, shift[:, :, None]], dim=2)  # (B, 2, 3)
 
 
 @torch.no_grad()
