@@ -271,3 +271,10 @@ def test_train_a_torchvision_set_offline_is_one_line(monkeypatch, tmp_path, caps
     line = last_error_line(capsys)
     assert line.startswith("vit-inspect: error: --dataset mnist") and "network" in line
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_report_on_the_shipped_digits_model_names_digit_classes(tmp_path):
+    assert main(["report", str(sample_images()[0]), "--out", str(tmp_path / "r"), "--weights", "digits"]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["weights"]["trained_on"] == "digits" and summary["input_size"] == [3, 32, 32]
+    assert [row["label"] for row in summary["top5"]] == [str(row["index"]) for row in summary["top5"]]
