@@ -259,10 +259,10 @@ def train_out(dataset: str, out: Path | None, force: bool) -> Path:
     """The --out file (default ``vit_DATASET.safetensors``); refuses to overwrite without ``force``."""
     if out is None:
         out = Path(f"vit_{Path(dataset).name or 'folder'}.safetensors")
-    if out.suffix != ".safetensors":
-        raise VitInspectError(f"--out {out}: the weights are written as safetensors; name a .safetensors file")
     if out.is_dir():
         raise VitInspectError(f"--out {out}: is a directory; name a .safetensors file")
+    if out.suffix != ".safetensors":
+        raise VitInspectError(f"--out {out}: the weights are written as safetensors; name a .safetensors file")
     if out.exists() and not force:
         raise VitInspectError(f"--out {out}: exists; pass --force to overwrite it")
     return out
