@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_OUT := demo-report
 TRAIN_OUT := trained/vit_digits.safetensors
+HOMEWORK_DIR ?= homework
 
-.PHONY: demo test bench notebooks train clean
+.PHONY: demo test bench notebooks train slides html homework clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,25 @@ notebooks: $(STAMP)
 ## and print how far its test accuracy is from the shipped data/vit_digits.safetensors
 train: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m vit_inspect train --dataset digits --out $(TRAIN_OUT) --force
+
+## make slides / make html: the notebooks, executed, as reveal.js slides or web pages with an index.
+## They refuse a non-empty folder that no export made: FORCE=1 writes into it anyway.
+## EXPORT_ARGS="--reveal-prefix DIR --require-js FILE --jquery FILE": local copies instead of nbconvert's CDNs.
+## NOTEBOOKS="notebooks/03_attention_by_hand.ipynb ..." exports only those (default: all, in order).
+SLIDES_OUT ?= build/slides
+HTML_OUT   ?= build/html
+NOTEBOOKS  ?=
+EXPORT_FLAGS = $(if $(filter 1 yes true,$(FORCE)),--force)
+
+slides: $(STAMP)
+	$(PY) -m vit_inspect.export slides --out $(SLIDES_OUT) $(EXPORT_FLAGS) $(EXPORT_ARGS) $(NOTEBOOKS)
+
+html: $(STAMP)
+	$(PY) -m vit_inspect.export html --out $(HTML_OUT) $(EXPORT_FLAGS) $(EXPORT_ARGS) $(NOTEBOOKS)
+
+## make homework: the student versions of the notebooks, in $(HOMEWORK_DIR)/ (FORCE=1 overwrites)
+homework: $(STAMP)
+	$(PY) scripts/make_homework.py --out $(HOMEWORK_DIR) $(if $(filter 1,$(FORCE)),--force) notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info

@@ -1,4 +1,8 @@
-"""Notebook 06 helpers: attention rollout and mean attention distance, properties and small hand examples."""
+"""Notebook 06 helpers: attention rollout and mean attention distance, properties and small hand examples.
+
+The mutation tests at the end plant one bug at a time in a helper (monkeypatched) and show
+that the check the suite relies on fails on it, and passes on the real code.
+"""
 from __future__ import annotations
 
 import itertools
@@ -8,9 +12,12 @@ import pytest
 import torch
 
 from vit_inspect import (HEAD_FUSIONS, VitInspectError, attention_rollout, average_attention_distance, capture,
-                         fuse_heads, grid_argmax, image_batches, mean_attention_distance, patch_centres,
-                         rollout_to_grid, sample_images, uniform_attention_distance)
+                         fuse_heads, grid_argmax, image_batches, map_correlation, mean_attention_distance,
+                         patch_brightness, patch_centres, rollout_to_grid, sample_images, uniform_attention_distance)
+from vit_inspect import attention_maps
 from vit_inspect.attention_maps import discard_lowest, reusable
+
+from .mutation import fails, passes
 
 
 def random_attention(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -38,13 +45,18 @@ def test_rollout_of_identity_attention_is_identity():
     torch.testing.assert_close(attention_rollout(attention), torch.eye(7).expand(2, 7, 7))
 
 
-def test_rollout_small_hand_example_later_layers_on_the_left():
+def check_rollout_hand_example():
+    """Two layers, non-symmetric matrices, worked by hand: later layers multiply on the left."""
     # layer 0: both tokens attend to token 0; layer 1: both attend to token 1
     attention = one_head([[1, 0], [1, 0]], [[0, 1], [0, 1]])
     # (A + I) row-normalised: layer 0 -> [[1, 0], [.5, .5]], layer 1 -> [[.5, .5], [0, 1]]
-    # R = A1' A0' = [[.5*1 + .5*.5, .5*.5], [.5, .5]]
+    # R = A1' A0' = [[.5*1 + .5*.5, .5*.5], [.5, .5]]   (A0' A1' would be [[.5, .5], [.25, .75]])
     expected = torch.tensor([[[0.75, 0.25], [0.5, 0.5]]], dtype=torch.float64)
-    torch.testing.assert_close(attention_rollout(attention), expected)
+    torch.testing.assert_close(attention_maps.attention_rollout(attention), expected)
+
+
+def test_rollout_small_hand_example_later_layers_on_the_left():
+    check_rollout_hand_example()
 
 
 def test_head_fusions_on_a_hand_example():
@@ -97,6 +109,25 @@ def test_rollout_to_grid_takes_the_class_row_over_patches_row_major(prefix):
 def test_patch_centres_are_pixel_centres_row_major():
     centres = patch_centres((2, 3), 16)
     assert centres.tolist() == [[8, 8], [8, 24], [8, 40], [24, 8], [24, 24], [24, 40]]
+
+
+def check_neighbour_is_one_patch_away():
+    """Every patch attends only to a horizontal or vertical neighbour: exactly 16 px, 32 for 32-px patches."""
+    for (gh, gw), patch_size in [((3, 4), 16), ((2, 5), 32)]:
+        P = gh * gw
+        attention = torch.zeros(1, 1, 1 + P, 1 + P, dtype=torch.float64)
+        for row, col in itertools.product(range(gh), range(gw)):
+            if (row + col) % 2:  # the patch to the right (to the left on the last column)
+                key = (row, col + 1 if col + 1 < gw else col - 1)
+            else:  # the patch below (above on the last row)
+                key = (row + 1 if row + 1 < gh else row - 1, col)
+            attention[0, 0, 1 + row * gw + col, 1 + key[0] * gw + key[1]] = 1.0
+        distance = attention_maps.mean_attention_distance(attention, (gh, gw), 1, patch_size)
+        torch.testing.assert_close(distance, torch.full((1, 1), float(patch_size), dtype=torch.float64))
+
+
+def test_a_neighbouring_patch_centre_is_exactly_one_patch_away():
+    check_neighbour_is_one_patch_away()
 
 
 @pytest.mark.parametrize("prefix", [0, 1, 5])
@@ -164,3 +195,60 @@ def test_streaming_reuse_takes_a_leading_slice_only_when_it_fits():
     assert reusable(buffer, 9, 197) is None and reusable(buffer, 8, 50) is None
     assert reusable(buffer, 5, 197).shape == (5, 2, 3, 197, 197)
     assert reusable(buffer, 5, 197).data_ptr() == buffer.data_ptr()
+
+
+# ---------------------------------------------------------------- brightness, the saliency sanity check
+
+def test_patch_brightness_is_the_mean_of_each_patch_row_major():
+    pixels = torch.zeros(1, 3, 32, 48)
+    pixels[:, :, 16:, 32:] = 0.6  # patch (1, 2) of a 2 x 3 grid of 16-px patches
+    pixels[:, 0, :16, :16] = 0.9  # patch (0, 0), red channel only
+    brightness = patch_brightness(pixels, 16)
+    assert brightness.shape == (1, 2, 3)
+    torch.testing.assert_close(brightness, torch.tensor([[[0.3, 0, 0], [0, 0, 0.6]]]))
+
+
+def test_map_correlation_is_pearsons_r_per_image():
+    maps = torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(1))
+    other = torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(2))
+    expected = torch.stack([torch.corrcoef(torch.stack([maps[i].flatten(), other[i].flatten()]))[0, 1]
+                            for i in range(3)])
+    torch.testing.assert_close(map_correlation(maps, other), expected)
+    torch.testing.assert_close(map_correlation(maps, 3 * maps + 1), torch.ones(3))
+    torch.testing.assert_close(map_correlation(maps, -maps), -torch.ones(3))
+
+
+# ---------------------------------------------------------------- mutation tests
+
+REAL_ROLLOUT = attention_rollout
+
+
+def rollout_later_layers_on_the_right(attention, head_fusion="mean", discard_ratio=0.0):
+    return REAL_ROLLOUT(attention.flip(1), head_fusion, discard_ratio)  # A_1 ... A_L instead of A_L ... A_1
+
+
+def rollout_without_the_residual(attention, head_fusion="mean", discard_ratio=0.0):
+    B, L, H, N, _ = attention.shape
+    fused = fuse_heads(attention, head_fusion)  # (B, L, N, N)
+    rollout = fused[:, 0]
+    for layer in range(1, L):
+        rollout = fused[:, layer] @ rollout
+    return rollout
+
+
+def patch_centres_in_patches(grid, patch_size):
+    return REAL_CENTRES(grid, 1)  # units: patches, not pixels
+
+
+REAL_CENTRES = patch_centres
+
+
+@pytest.mark.parametrize("name, bug, check", [
+    ("attention_rollout", rollout_later_layers_on_the_right, check_rollout_hand_example),
+    ("attention_rollout", rollout_without_the_residual, check_rollout_hand_example),
+    ("patch_centres", patch_centres_in_patches, check_neighbour_is_one_patch_away),
+], ids=["rollout order", "rollout without the identity", "distance in patches, not pixels"])
+def test_mutation_in_attention_maps_is_caught(monkeypatch, name, bug, check):
+    passes(check)
+    monkeypatch.setattr(attention_maps, name, bug)
+    fails(check)

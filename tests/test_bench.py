@@ -15,3 +15,13 @@ def test_bench_rounds_interleave_in_rotating_order_and_drop_the_warm_up():
 def test_bench_flop_count_matches_the_known_vit_b16_figure():
     assert forward_gflops(create_untrained("vit_base_patch16_224")) == pytest.approx(VIT_B16_GFLOPS, abs=0.05)
     assert forward_gflops(create_untrained("vit_base_patch32_224")) == pytest.approx(8.8, abs=0.1)  # timm: 4.4 GMACs
+
+
+def test_bench_explorer_times_redraws_without_forward_passes(tiny, capsys):
+    import copy
+
+    from vit_inspect.bench import bench_explorer
+    bench_explorer(copy.deepcopy(tiny), "vit_tiny_patch16_224", changes=3, rounds=1)  # asserts no capture on redraw
+    out = capsys.readouterr().out
+    assert "redraw after a change, one head" in out and "redraw after a change, all heads" in out
+    assert "new image" in out and ("met" in out)

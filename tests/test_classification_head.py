@@ -5,6 +5,9 @@ from torch.testing import assert_close
 
 from vit_inspect import (POOLINGS, VitInspectError, classify_by_hand, create_untrained, head_by_hand,
                          pool_tokens, preprocess, sample_images)
+from vit_inspect import classification_head
+
+from .mutation import fails, passes
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +20,7 @@ def test_class_token_head_by_hand_equals_the_model(tiny, images):
         result = classify_by_hand(tiny, images)
         expected = tiny(images)
     assert result["logits"].shape == (3, 1000)
-    assert_close(result["logits"], expected)
+    assert_close(result["logits"], expected, rtol=1e-4, atol=1e-4)  # a chain through 12 blocks
     assert_close(result["probs"].sum(dim=-1), torch.ones(3))
 
 
@@ -56,3 +59,25 @@ def test_pool_tokens_and_unknown_pooling():
     assert_close(pool_tokens(tokens, 1, "avg_all"), torch.tensor([[4.0, 5.0, 6.0, 7.0]]))
     with pytest.raises(VitInspectError, match="unknown pooling"):
         pool_tokens(tokens, 1, "max")
+
+
+# ---------------------------------------------------------------- mutation tests
+
+def check_head(model, stream):
+    with torch.no_grad():
+        logits = classification_head.head_by_hand(model, stream)["logits"]
+        assert_close(logits, model.forward_head(model.norm(stream)))
+
+
+@pytest.mark.parametrize("name, bug", [
+    ("linear_by_hand", lambda layer, x: x @ layer.weight.T),
+    ("pool_tokens", lambda tokens, num_prefix_tokens, pool="token": tokens.mean(dim=1)),
+    ("pool_tokens", lambda tokens, num_prefix_tokens, pool="token": tokens[:, num_prefix_tokens]),
+    ("final_norm_by_hand", lambda model, z: z),
+], ids=["head bias dropped", "mean pooling", "first patch instead of the class token", "final norm dropped"])
+def test_mutation_in_the_head_is_caught(tiny, images, monkeypatch, name, bug):
+    with torch.no_grad():
+        stream = tiny.blocks(tiny._pos_embed(tiny.patch_embed(images)))
+    passes(check_head, tiny, stream)
+    monkeypatch.setattr(classification_head, name, bug)
+    fails(check_head, tiny, stream)

@@ -1,4 +1,8 @@
-"""Notebook 04 helpers: LayerNorm, GELU, MLP, the residual additions and the whole stack, against timm."""
+"""Notebook 04 helpers: LayerNorm, GELU, MLP, the residual additions and the whole stack, against timm.
+
+The mutation tests at the end plant one bug at a time in a helper (monkeypatched) and show
+that the check the suite relies on fails on it, and passes on the real code.
+"""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +12,9 @@ from torch.testing import assert_close
 from vit_inspect import (VitInspectError, self_attention_by_hand, block_by_hand, create_untrained, gelu_exact,
                          gelu_tanh, layer_norm_by_hand, mlp_by_hand, run_blocks_one_at_a_time,
                          tokens_with_position)
+from vit_inspect import encoder_stack
+
+from .mutation import View, fails, passes
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +102,83 @@ def test_blocks_one_at_a_time_equal_forward_features(tiny, images):
         run = run_blocks_one_at_a_time(tiny, images)
         assert run["stream"].shape == (13, 2, 197, 192)
         assert run["residual_norms"].shape == (13, 2, 197)
-        assert_close(run["final"], tiny.forward_features(images))
+        # a chain through 12 blocks: rtol = atol = 1e-4 leaves room for the larger streams of trained weights
+        assert_close(run["final"], tiny.forward_features(images), rtol=1e-4, atol=1e-4)
         assert_close(run["stream"][4], tiny.blocks[:4](tiny._pos_embed(tiny.patch_embed(images))))
         assert_close(run["residual_norms"][7], run["stream"][7].norm(dim=-1))
         with pytest.raises(AssertionError):  # the last block's output is not the normed output
             assert_close(run["stream"][-1], run["final"])
+
+
+# ---------------------------------------------------------------- mutation tests
+
+def check_layer_norms(model, x):
+    """The helper equals every LayerNorm of the model (their gamma and beta are not 1 and 0)."""
+    with torch.no_grad():
+        for norm in (model.blocks[0].norm1, model.blocks[5].norm2, model.norm):
+            assert_close(encoder_stack.layer_norm_by_hand(norm, x), norm(x))
+
+
+def check_mlp(model, x):
+    with torch.no_grad():
+        assert_close(encoder_stack.mlp_by_hand(model.blocks[4].mlp, x), model.blocks[4].mlp(x))
+
+
+def check_block(model, x):
+    with torch.no_grad():
+        assert_close(encoder_stack.block_by_hand(model.blocks[6], x)["out"], model.blocks[6](x))
+
+
+def check_whole_stack(model, images):
+    with torch.no_grad():
+        run = encoder_stack.run_blocks_one_at_a_time(model, images)
+        assert_close(run["final"], model.forward_features(images), rtol=1e-4, atol=1e-4)
+
+
+REAL = {name: getattr(encoder_stack, name) for name in
+        ("layer_norm_by_hand", "linear_by_hand", "self_attention_by_hand", "block_by_hand", "final_norm_by_hand")}
+
+
+def normalised_only(norm, x):  # gamma and beta dropped
+    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + norm.eps)
+
+
+def beta_dropped(norm, x):
+    return normalised_only(norm, x) * norm.weight
+
+
+def bias_dropped(layer, x):
+    return x @ layer.weight.T
+
+
+def attention_with_norm2(block, x, mistake=None):
+    return REAL["self_attention_by_hand"](View(block, norm1=block.norm2), x, mistake)
+
+
+def block_with_norm1_before_the_mlp(block, x):
+    return REAL["block_by_hand"](View(block, norm2=block.norm1), x)
+
+
+def no_final_norm(model, z):
+    return z
+
+
+def final_norm_of_the_last_block(model, z):
+    return REAL["layer_norm_by_hand"](model.blocks[-1].norm2, z)
+
+
+@pytest.mark.parametrize("name, bug, check", [
+    ("layer_norm_by_hand", normalised_only, check_layer_norms),
+    ("layer_norm_by_hand", beta_dropped, check_layer_norms),
+    ("linear_by_hand", bias_dropped, check_mlp),
+    ("self_attention_by_hand", attention_with_norm2, check_block),
+    ("block_by_hand", block_with_norm1_before_the_mlp, check_whole_stack),
+    ("final_norm_by_hand", no_final_norm, check_whole_stack),
+    ("final_norm_by_hand", final_norm_of_the_last_block, check_whole_stack),
+], ids=["gamma and beta dropped", "beta dropped", "linear bias dropped", "norm2 for norm1",
+        "norm1 for norm2", "final norm dropped", "wrong final norm"])
+def test_mutation_in_the_encoder_is_caught(tiny, images, z0, monkeypatch, name, bug, check):
+    data = images if check is check_whole_stack else z0
+    passes(check, tiny, data)
+    monkeypatch.setattr(encoder_stack, name, bug)
+    fails(check, tiny, data)

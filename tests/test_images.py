@@ -1,16 +1,21 @@
-"""load_image: every valid kind becomes RGB, every invalid kind one clear error."""
+"""load_image: every valid kind becomes RGB, every invalid kind one clear error; preprocess = timm's crop."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
+from torchvision import transforms as T
 
 from vit_inspect import ImageError, load_image, preprocess, sample_images, tensor_to_image
+from vit_inspect import images as images_module
 from vit_inspect.images import to_rgb
 
 from .image_kinds import RED, reference_grey
+from .mutation import fails, passes
 
 
 @pytest.mark.parametrize("kind", ["rgba", "la", "palette_transparent", "greyscale", "grey16",
@@ -83,3 +88,53 @@ def test_bundled_photos_are_real_rgb_images():
 
 def test_red_reference_colour_is_red():
     assert RED[0] > 200 and RED[1] < 50
+
+
+# ---------------------------------------------------------------- the crop, by hand from the data config
+
+def resize_then_centre_crop(image: Image.Image, config: dict) -> tuple[Image.Image, tuple[int, int], tuple]:
+    """timm's eval geometry worked out from the data config alone: (crop, resized (w, h), crop box)."""
+    _, height, width = config["input_size"]
+    assert config["crop_mode"] == "center" and height == width
+    short = math.floor(height / config["crop_pct"])  # 248 for 224 and crop_pct 0.9
+    w, h = image.size
+    size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    left, top = int(round((size[0] - width) / 2)), int(round((size[1] - height) / 2))
+    box = (left, top, left + width, top + height)
+    return image.resize(size, Image.BICUBIC).crop(box), size, box
+
+
+def check_crop(model, path):
+    crop = images_module.preprocess(path, model).crop
+    expected, _, _ = resize_then_centre_crop(load_image(path), resolve_model_data_config(model))
+    assert np.array_equal(np.asarray(crop), np.asarray(expected)), f"{path.name}: not timm's resize + centre crop"
+
+
+def test_the_crop_is_timms_resize_then_centre_crop(tiny):
+    config = resolve_model_data_config(tiny)
+    _, size, box = resize_then_centre_crop(load_image(sample_images()[1]), config)
+    assert sample_images()[1].name == "chelsea.png" and (size, box) == ((372, 248), (74, 12, 298, 236))
+    for path in sample_images():
+        check_crop(tiny, path)
+
+
+def squashed_to_224(transform):
+    """The course's preprocessing: resize straight to 224 x 224, whatever the aspect ratio."""
+    _, to_tensor = REAL_SPLIT(transform)
+    return T.Compose([T.Resize((224, 224), interpolation=T.InterpolationMode.BICUBIC)]), to_tensor
+
+
+def top_left_crop(transform):
+    geometric, to_tensor = REAL_SPLIT(transform)
+    return T.Compose([geometric.transforms[0], lambda image: image.crop((0, 0, 224, 224))]), to_tensor
+
+
+REAL_SPLIT = images_module.split_transform
+
+
+@pytest.mark.parametrize("bug", [squashed_to_224, top_left_crop])
+def test_mutation_wrong_crop_is_caught(tiny, monkeypatch, bug):
+    path = sample_images()[1]
+    passes(check_crop, tiny, path)
+    monkeypatch.setattr(images_module, "split_transform", bug)
+    fails(check_crop, tiny, path)

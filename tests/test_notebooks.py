@@ -1,4 +1,5 @@
-"""Notebook hygiene: no redefined helpers, no stale or weight-dependent stored outputs.
+"""Notebook hygiene: no redefined helpers, no stale or weight-dependent stored outputs, asserts with messages,
+learned-claim asserts that random weights cannot pass; the Colab cell.
 
 nbval (``make test``) re-executes every notebook; these checks cover what it cannot.
 A notebook that trains its own model (09) carries the metadata flag
@@ -9,21 +10,46 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import pkgutil
+import re
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import nbformat
 import pytest
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import vit_inspect
+from vit_inspect import DEFAULT_MODEL, create_untrained, save_weights
+from vit_inspect.homework import notebook_client
+from vit_inspect.weights import WEIGHTS_ENV
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+from .homework_notebooks import solution_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 KEEP_TAG = "nbval-check-output"
 TRAINED_HERE = "trained here"  # notebook.metadata["vit_inspect"]["outputs"]: every output is kept
 
 
 def keeps_all_outputs(notebook) -> bool:
     return notebook.metadata.get("vit_inspect", {}).get("outputs") == TRAINED_HERE
+
+SETUP_TAG = "colab-setup"  # the Colab setup cell (scripts/colab_setup.py), allowed before the imports cell
+
+
+def load_script(name: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+colab_setup = load_script("colab_setup")
 
 
 def package_names() -> set[str]:
@@ -83,11 +109,12 @@ def test_stored_outputs_are_only_weight_independent(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_opens_with_title_prerequisite_and_one_imports_cell(path):
     cells = nbformat.read(path, as_version=4).cells
-    intro, imports = cells[0], cells[1]
+    first = 2 if SETUP_TAG in cells[1].metadata.get("tags", []) else 1  # the Colab setup cell may come first
+    intro, imports = cells[0], cells[first]
     assert intro.cell_type == "markdown" and intro.source.startswith("# ")
     assert "Prerequisite" in intro.source
     assert imports.cell_type == "code" and "import" in imports.source
-    later_imports = [i for i, c in enumerate(cells[2:], 2)
+    later_imports = [i for i, c in enumerate(cells[first + 1:], first + 1)
                      if c.cell_type == "code" and any(isinstance(n, (ast.Import, ast.ImportFrom))
                                                       for n in ast.walk(ast.parse(code_of(c))))]
     assert not later_imports, f"{path.name}: imports outside the imports cell in cells {later_imports}"
@@ -101,3 +128,121 @@ def test_only_a_notebook_that_trains_its_model_keeps_all_outputs(path):
         assert "train_vit(" in code, f"{path.name} keeps all outputs but trains no model of its own"
         assert any("image/png" in o.get("data", {}) for c in notebook.cells if c.cell_type == "code"
                    for o in c.outputs), f"{path.name} keeps all outputs but stores no figure; run `make notebooks`"
+
+# ---------------------------------------------------------------- Colab: badge and setup cell
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_badge_and_setup_cell_follow_pyproject(path):
+    """Where a notebook has them, they are what scripts/colab_setup.py writes from [project.urls]."""
+    notebook = nbformat.read(path, as_version=4)
+    has_colab = colab_setup.setup_index(notebook) is not None or "Open In Colab" in notebook.cells[0].source
+    if has_colab:
+        repository = colab_setup.repository_url()
+        assert colab_setup.with_colab(notebook, colab_setup.path_in_repo(path), repository) == notebook, \
+            f"{path.name}: run python scripts/colab_setup.py {path.relative_to(ROOT)}"
+
+
+def test_readme_colab_links_follow_pyproject():
+    readme = (ROOT / "README.md").read_text()
+    repository = colab_setup.repository_url()
+    assert colab_setup.colab_url(repository, "notebooks/") in readme and f"git+{repository}" in readme
+    assert colab_setup.with_readme_links(readme, repository) == readme, \
+        "run python scripts/colab_setup.py --readme README.md"
+
+
+def test_colab_setup_puts_badge_under_the_title_and_the_cell_before_the_imports():
+    notebook = solution_notebook()
+    notebook.cells[1].source += "\nimport sklearn  # scikit-learn: not one of vit-inspect's dependencies"
+    repository = "https://github.com/someone/fork"
+    once = colab_setup.with_colab(notebook, "homework/01_x.ipynb", repository)
+    assert colab_setup.with_colab(once, "homework/01_x.ipynb", repository) == once, "running it twice changes nothing"
+    title, _, rest = once.cells[0].source.partition("\n\n")
+    assert title == "# Homework fixture" and rest.startswith(
+        "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+        "(https://colab.research.google.com/github/someone/fork/blob/main/homework/01_x.ipynb)")
+    setup = once.cells[1]
+    assert setup.metadata["tags"] == [SETUP_TAG] and once.cells[2].source == notebook.cells[1].source
+    assert '"vit-inspect @ git+https://github.com/someone/fork", "scikit-learn"]' in setup.source
+    moved = colab_setup.with_colab(once, None, "https://github.com/other/place")
+    assert "Open In Colab" not in moved.cells[0].source and "git+https://github.com/other/place" in moved.cells[1].source
+    assert sum(SETUP_TAG in c.metadata.get("tags", []) for c in moved.cells) == 1
+
+
+def test_colab_setup_cell_installs_from_the_repository_on_colab(monkeypatch):
+    repository = colab_setup.repository_url()
+    source = colab_setup.setup_cell_source(repository, [])
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: calls.append((command, kwargs)))
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    exec(compile(source, "setup cell", "exec"), {})
+    (command, kwargs), = calls
+    assert command[:5] == [sys.executable, "-m", "pip", "install", "--quiet"] and kwargs == {"check": True}
+    assert command[5:] == [f"vit-inspect @ git+{repository}"], "a plain install from the repository"
+    assert not {"-e", "--editable"} & set(command), "an editable install is not importable until a restart"
+
+
+def test_colab_setup_cell_does_nothing_on_a_local_install(tmp_path):
+    """Executed in a kernel where vit-inspect is installed: it runs no command and prints nothing."""
+    shim = ("import subprocess\n_calls, _saved = [], {}\n"
+            "for _name in ('run', 'call', 'check_call', 'check_output', 'Popen'):\n"
+            "    _saved[_name] = getattr(subprocess, _name)\n"
+            "    setattr(subprocess, _name, lambda *a, **k: _calls.append(a))\n")
+    report = "for _name, _f in _saved.items():\n    setattr(subprocess, _name, _f)\nprint(len(_calls))"
+    setup = colab_setup.setup_cell_source(colab_setup.repository_url(), ["scikit-learn"])
+    notebook = new_notebook(cells=[new_markdown_cell("# t"), new_code_cell(shim), new_code_cell(setup),
+                                   new_code_cell(report)])
+    notebook_client(notebook, tmp_path / "t.ipynb", timeout=120).execute()
+    assert notebook.cells[2].outputs == [], "the setup cell printed something locally"
+    assert [o.get("text") for o in notebook.cells[3].outputs] == ["0\n"], "the setup cell ran a command locally"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_prerequisite_names_an_existing_notebook(path):
+    intro = nbformat.read(path, as_version=4).cells[0].source
+    named = re.search(r"Prerequisite: (?:none|notebook (\w+))", intro)
+    assert named, f"{path.name}: the Prerequisite line names 'none' or 'notebook NN_name'"
+    assert named.group(1) is None or named.group(1) in {p.stem for p in NOTEBOOKS}, \
+        f"{path.name}: prerequisite {named.group(1)} does not exist"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_assert_says_what_should_hold(path):
+    for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        if cell.cell_type == "code":
+            bare = [node.lineno for node in ast.walk(ast.parse(code_of(cell)))
+                    if isinstance(node, ast.Assert) and node.msg is None]
+            assert not bare, f"{path.name} cell {index}: assert without a message on line(s) {bare}"
+
+
+LEARNED_CLAIM = "if provenance.trained:"
+
+
+@pytest.fixture(scope="module")
+def random_weights_marked_trained(tmp_path_factory):
+    """Seeded random ViT-B/16 weights in a file that claims to be trained: what a wrong download would look like."""
+    folder = tmp_path_factory.mktemp("random-but-trained")
+    return save_weights(create_untrained(DEFAULT_MODEL, seed=0), folder / "model.safetensors", untrained=False)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_learned_claims_fail_on_random_weights_marked_trained(path, random_weights_marked_trained, monkeypatch):
+    """Every cell with a learned-claim assert must fail, with its message, when random weights pretend to be trained.
+
+    Each such cell holds one learned claim, so none hides behind another; every other cell still runs.
+    """
+    monkeypatch.setenv(WEIGHTS_ENV, str(random_weights_marked_trained))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=900, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code":
+            continue
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        if LEARNED_CLAIM in cell.source:
+            assert cell.source.count("assert ") == 1, f"{path.name} cell {index}: one learned claim per cell"
+            assert errors and errors[0].ename == "AssertionError", f"{path.name} cell {index}: random weights pass"
+            assert "these weights do not show" in errors[0].evalue and "are they trained?" in errors[0].evalue, \
+                f"{path.name} cell {index}: the message must say what was expected and ask if the weights are trained"
+        else:
+            assert not errors, f"{path.name} cell {index} fails on weights marked trained: {errors[0].evalue[:200]}"

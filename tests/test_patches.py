@@ -5,9 +5,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from vit_inspect import (FLATTEN_ORDERS, VitInspectError, create_untrained, patch_embed_by_hand,
-                         patch_embed_filter_components, patch_embed_filter_variance, patch_embedding_matrix,
-                         patchify, patchify_einops, preprocess, sample_images)
+from vit_inspect import (FLATTEN_ORDERS, VitInspectError, create_untrained, filter_components, filter_variance,
+                         patch_embed_by_hand, patch_embed_filter_components, patch_embed_filter_variance,
+                         patch_embedding_matrix, patchify, patchify_einops, preprocess, sample_images)
+from vit_inspect import patches as patches_module
+
+from .mutation import fails, passes
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +91,26 @@ def test_filter_components_are_the_covariance_eigenvectors(tiny):
     assert_close(variance[0].double(), eigenvalues[-1] / eigenvalues.clamp(min=0).sum(), atol=1e-5, rtol=1e-4)
 
 
+def check_centring(weight):
+    """PCA centres the filters: a pattern added to every filter changes neither the shares nor the components."""
+    offset = weight + 0.3 * torch.randn(1, *weight.shape[1:], generator=torch.Generator().manual_seed(9))
+    assert_close(patches_module.filter_variance(offset), patches_module.filter_variance(weight), atol=1e-6, rtol=1e-4)
+    assert_close(patches_module.filter_components(offset, 4).abs(), patches_module.filter_components(weight, 4).abs(),
+                 atol=1e-3, rtol=0)
+
+
 def test_components_ignore_an_offset_shared_by_all_filters(tiny):
-    # PCA centres the filters: a constant added to every filter must not become a component
-    shifted = copy.deepcopy(tiny)
-    with torch.no_grad():
-        shifted.patch_embed.proj.weight += 0.05
-    assert_close(patch_embed_filter_components(shifted, 4).abs(), patch_embed_filter_components(tiny, 4).abs(),
-                 atol=1e-4, rtol=0)
+    check_centring(tiny.patch_embed.proj.weight.detach())
+    assert_close(patch_embed_filter_variance(tiny), filter_variance(tiny.patch_embed.proj.weight), rtol=0, atol=0)
+    assert_close(patch_embed_filter_components(tiny, 5), filter_components(tiny.patch_embed.proj.weight, 5),
+                 rtol=0, atol=0)
+
+
+def test_mutation_uncentred_pca_is_caught(tiny, monkeypatch):
+    weight = tiny.patch_embed.proj.weight.detach()
+    passes(check_centring, weight)
+    monkeypatch.setattr(patches_module, "centred_filters", lambda w: w.detach().float().reshape(w.shape[0], -1))
+    fails(check_centring, weight)
 
 
 def test_too_many_components_is_an_error(tiny):

@@ -7,6 +7,9 @@ from torch.testing import assert_close
 from vit_inspect import (VitInspectError, create_untrained, data_config_of, model_at_resolution,
                          neighbour_similarity_stats, patch_pos_embed, pos_embed_similarity, resample_pos_embed,
                          tokens_with_position)
+from vit_inspect import position_embeddings
+
+from .mutation import fails, passes
 
 
 def test_similarity_is_the_exact_cosine_between_patch_embeddings(tiny):
@@ -140,3 +143,20 @@ def test_model_at_resolution_keeps_every_option_and_equals_timm_dynamic_size(cas
     images = torch.randn(2, 3, 384, 384, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         assert_close(bigger(images), dynamic(images), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- mutation tests
+
+def check_z0_equals_timm(model, patches):
+    with torch.no_grad():
+        assert_close(position_embeddings.tokens_with_position(model, patches), model._pos_embed(patches))
+
+
+def test_mutation_zeroed_class_token_is_caught(tiny, monkeypatch):
+    with torch.no_grad():
+        patches = tiny.patch_embed(torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(8)))
+    passes(check_z0_equals_timm, tiny, patches)
+    real = position_embeddings.prefix_tokens
+    monkeypatch.setattr(position_embeddings, "prefix_tokens",
+                        lambda model, batch: [torch.zeros_like(t) for t in real(model, batch)])
+    fails(check_z0_equals_timm, tiny, patches)

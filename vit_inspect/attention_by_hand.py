@@ -13,13 +13,18 @@ from torch import nn
 from .errors import VitInspectError
 from .model_info import tokens_to_grid
 
-MISTAKES = ("skip_norm1", "no_scale", "no_softmax", "divide_after_softmax")
+MISTAKES = ("skip_norm1", "no_scale", "scale_by_sqrt_D", "no_softmax", "divide_after_softmax",
+            "course_as_written")
 MISTAKE_DESCRIPTIONS = {
     "skip_norm1": "qkv applied to z, skipping the block's LayerNorm (norm1)",
     "no_scale": "scores q k^T not scaled by 1/sqrt(d)",
+    "scale_by_sqrt_D": "scores scaled by 1/sqrt(D) = 1/sqrt(768) instead of 1/sqrt(d) = 1/8",
     "no_softmax": "scaled scores used as weights, no softmax",
     "divide_after_softmax": "softmax(q k^T) divided by sqrt(D) after the softmax",
+    "course_as_written": "raw q k^T of the un-normed tokens: no norm1, no scale, no softmax",
 }
+_SKIP_NORM1 = ("skip_norm1", "course_as_written")
+_NO_SOFTMAX = ("no_softmax", "course_as_written")
 
 
 def _check_mistake(mistake: str | None) -> None:
@@ -27,8 +32,16 @@ def _check_mistake(mistake: str | None) -> None:
         raise VitInspectError(f"unknown attention mistake {mistake!r}; choose from {', '.join(MISTAKES)}")
 
 
+def _score_scale(mistake: str | None, D: int, d: int) -> float:
+    if mistake in ("no_scale", "divide_after_softmax", "course_as_written"):
+        return 1.0
+    if mistake == "scale_by_sqrt_D":
+        return D ** -0.5  # the model width instead of the per-head width d
+    return d ** -0.5
+
+
 def _weights_from_scores(scores: torch.Tensor, mistake: str | None, D: int) -> torch.Tensor:
-    if mistake == "no_softmax":
+    if mistake in _NO_SOFTMAX:
         return scores
     weights = scores.softmax(dim=-1)
     if mistake == "divide_after_softmax":
@@ -48,12 +61,11 @@ def self_attention_by_hand(block: nn.Module, x: torch.Tensor, mistake: str | Non
     attn = block.attn
     B, N, D = x.shape
     H, d = attn.num_heads, attn.head_dim
-    normed = x if mistake == "skip_norm1" else block.norm1(x)
+    normed = x if mistake in _SKIP_NORM1 else block.norm1(x)
     qkv = attn.qkv(normed)  # (B, N, 3*H*d)
     q, k, v = qkv.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    scale = 1.0 if mistake in ("no_scale", "divide_after_softmax") else d ** -0.5
-    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, N, N)
+    scores = (q @ k.transpose(-2, -1)) * _score_scale(mistake, D, d)  # (B, H, N, N)
     weights = _weights_from_scores(scores, mistake, D)  # (B, H, N, N)
     merged = (weights @ v).transpose(1, 2).reshape(B, N, H * d)  # (B, N, H*d)
     out = attn.proj(attn.norm(merged))  # (B, N, D)
@@ -75,6 +87,14 @@ def mistake_errors(block: nn.Module, x: torch.Tensor) -> dict[str, dict[str, tor
             "attn": (wrong["attn"] - right["attn"]).abs().max(),
         }
     return errors
+
+
+def attention_entropy(attention: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of every row of (..., N, N) attention weights: (..., N).
+
+    log N for uniform attention, 0 for a row that puts all its weight on one key.
+    """
+    return -(attention * attention.clamp_min(torch.finfo(attention.dtype).tiny).log()).sum(dim=-1)
 
 
 def query_attention_maps(attention: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int,

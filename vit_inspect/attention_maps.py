@@ -3,6 +3,8 @@
 Attention rollout (Abnar & Zuidema 2020; ViT paper Fig. 6) and mean attention
 distance (ViT paper Fig. 7 right), batched and vectorised; plus streaming averages of
 the distance over many images. The weights themselves come from ``recorder.capture``.
+A sanity check for the maps: how much of a rollout map the mere brightness of the
+patches explains (:func:`patch_brightness`, :func:`map_correlation`).
 """
 from __future__ import annotations
 
@@ -72,6 +74,27 @@ def rollout_to_grid(rollout: torch.Tensor, grid: tuple[int, int], num_prefix_tok
                     query: int = 0) -> torch.Tensor:
     """Row ``query`` of (B, N, N) rollout (default the class token) over the patch tokens -> (B, gh, gw)."""
     return tokens_to_grid(rollout[:, query], grid, num_prefix_tokens)  # (B, gh, gw)
+
+
+def patch_brightness(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Mean brightness of every patch of (B, C, H, W) pixels in [0, 1] (all channels alike): (B, gh, gw).
+
+    Laid out like the patch tokens, so it compares cell by cell with a rollout map.
+    """
+    B, C, H, W = pixels.shape
+    p = patch_size
+    patches = pixels.reshape(B, C, H // p, p, W // p, p)  # (B, C, gh, p, gw, p)
+    return patches.mean(dim=(1, 3, 5))  # (B, gh, gw)
+
+
+def map_correlation(maps: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of two (B, gh, gw) maps over their cells, one per image: (B,).
+
+    +1: one map is an increasing linear function of the other; 0: no linear relation.
+    """
+    a = maps.flatten(1) - maps.flatten(1).mean(dim=1, keepdim=True)  # (B, gh*gw)
+    b = other.flatten(1) - other.flatten(1).mean(dim=1, keepdim=True)  # (B, gh*gw)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(torch.finfo(a.dtype).tiny)
 
 
 def grid_argmax(maps: torch.Tensor) -> torch.Tensor:

@@ -138,6 +138,52 @@ def bench_analyses(model: nn.Module, num_images: int, batch: int, rounds: int) -
     print(ratio_line(f"analyses / {num_images} plain forwards", times["analyses"], times[reference]))
 
 
+EXPLORER_REDRAW_TARGET_S = 0.150
+
+
+def bench_explorer(model: nn.Module, model_name: str, changes: int = 24, rounds: int = 2) -> None:
+    """The lecture explorer (notebook 10): a redraw after a change, and a new image.
+
+    Absolute times, not ratios: the target is what a lecturer waits for. A redraw is what a
+    slider, the head menu or a click causes (no forward pass); a new image is one capture,
+    the rollout, the summary figure and the first redraw.
+    """
+    from .attention_explorer import ALL_HEADS, explorer
+    from .weights import Provenance
+
+    demo = explorer((model, Provenance(model_name, "random", False, None, 0)))
+    names = list(demo.image.options)
+    new_image = []
+    for _ in range(rounds):
+        for name in names[1:] + names[:1]:
+            demo.cache.pop(name, None)
+            new_image.append(timed(lambda: setattr(demo.image, "value", name)))
+    print(f"\nattention explorer, {model_name} (target: a redraw after a change <= "
+          f"{EXPLORER_REDRAW_TARGET_S * 1000:.0f} ms; absolute times)")
+    for label, head in (("one head", 0), ("all heads", ALL_HEADS)):
+        demo.head.value = head
+        seconds = [timed(lambda i=i: _explorer_change(demo, i)) for i in range(changes)]
+        median = statistics.median(seconds)
+        verdict = "met" if median <= EXPLORER_REDRAW_TARGET_S else "NOT met"
+        print(f"  redraw after a change, {label:<10}       {median * 1000:6.0f} ms median "
+              f"(min {min(seconds) * 1000:.0f}, max {max(seconds) * 1000:.0f}, {len(seconds)} changes): {verdict}")
+    print(f"  new image (capture + rollout + figures)    {statistics.median(new_image) * 1000:6.0f} ms median "
+          f"(min {min(new_image) * 1000:.0f}, max {max(new_image) * 1000:.0f}, {len(new_image)} images)")
+    assert demo.captures == 1 + len(new_image), "a redraw ran a forward pass"
+
+
+def _explorer_change(demo, step: int) -> None:
+    """One change as a lecturer makes them: layer, query by slider, query by click, in turn."""
+    gh, gw = demo.grid
+    kind = step % 3
+    if kind == 0:
+        demo.layer.value = (demo.layer.value + 1) % (demo.layer.max + 1)
+    elif kind == 1:
+        demo.row.value = (demo.row.value + 3) % gh
+    else:
+        demo.picker.cell = [(step * 5) % gh, (step * 7) % gw]
+
+
 def forward_gflops(model: nn.Module) -> float:
     """Floating-point operations (2 per multiply-add) of one image's forward pass, in GFLOPs.
 
@@ -232,7 +278,7 @@ def print_header(model_name: str) -> None:
           "ratios measured side by side are reported")
 
 
-SECTIONS = ("capture-batch-1", "capture-batch-N", "analyses")
+SECTIONS = ("capture-batch-1", "capture-batch-N", "analyses", "explorer")
 
 
 def run_section(section: str, args: argparse.Namespace) -> None:
@@ -242,6 +288,8 @@ def run_section(section: str, args: argparse.Namespace) -> None:
         bench_capture(model, 1, args.pairs)
     elif section == "capture-batch-N":
         bench_gflops(model, bench_capture(model, args.batch, args.pairs), args.batch, args.pairs)
+    elif section == "explorer":
+        bench_explorer(model, args.model)
     else:
         bench_analyses(model, args.images, args.batch, args.pairs_images)
     sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""``vit-inspect`` command line: report, distance, download, train.
+"""``vit-inspect`` command line: report, distance, download, train, check.
 
 Every argument is checked, with a message in command-line terms, before torch and timm
 are imported or any weights are built: ``--help`` and argument errors answer at once.
@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", type=Path, default=None,
                        help="where torchvision's datasets are kept (default: ~/.cache/vit-inspect/datasets)")
     train.set_defaults(run=run_train)
+
+    check = commands.add_parser("check", help="run a homework notebook and check each task against the reference")
+    check.add_argument("notebook", type=Path, help="the student's .ipynb")
+    check.add_argument("--timeout", type=int, default=300, help="seconds one cell may run (default: 300)")
+    check.set_defaults(run=run_check)
     return parser
 
 
@@ -311,14 +316,39 @@ def _compare_with_shipped(dataset: str, accuracy: float, config) -> None:
           f"{100 * (accuracy - shipped['test_accuracy']):+.1f} points from them")
 
 
+# ---------------------------------------------------------------- check
+
+def check_notebook_argument(path: Path) -> None:
+    """One-line errors for a path that cannot be a notebook; reads nothing heavy."""
+    if not path.exists():
+        raise VitInspectError(f"{path}: no such file")
+    if path.is_dir():
+        raise VitInspectError(f"{path}: is a directory, not a notebook")
+    if path.suffix != ".ipynb":
+        raise VitInspectError(f"{path}: not a notebook (expected a .ipynb file)")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    check_notebook_argument(args.notebook)
+    if args.timeout < 1:
+        raise VitInspectError(f"--timeout {args.timeout}: must be at least 1 second")
+    from .homework import check_notebook, format_report, read_homework
+
+    read_homework(args.notebook)  # a bad file fails here, before a kernel starts
+    print(f"running {args.notebook} in a fresh kernel, offline...", file=sys.stderr)
+    report = check_notebook(args.notebook, args.timeout)
+    print(format_report(report))
+    return 1 if report.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     try:
-        args.run(args)
+        status = args.run(args)
     except VitInspectError as err:
         print(f"vit-inspect: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("vit-inspect: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0

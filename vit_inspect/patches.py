@@ -80,24 +80,36 @@ def patch_embed_by_hand(model: nn.Module, images: torch.Tensor, order: str = "c 
     return model.patch_embed.norm(tokens)
 
 
-def patch_embed_filter_components(model: nn.Module, k: int = 28) -> torch.Tensor:
-    """The first ``k`` principal components of the D patch-embedding filters: (k, C, p, p).
+def centred_filters(weight: torch.Tensor) -> torch.Tensor:
+    """Conv filters (D, C, p, p) as D samples of C*p*p numbers, minus their mean filter: (D, C*p*p)."""
+    filters = weight.detach().float().reshape(weight.shape[0], -1)  # (D, C*p*p)
+    return filters - filters.mean(dim=0, keepdim=True)
 
-    Each filter (C, p, p) is one sample; components are orthonormal, strongest first.
+
+def filter_components(weight: torch.Tensor, k: int = 28) -> torch.Tensor:
+    """The first ``k`` principal components of conv filters (D, C, p, p): (k, C, p, p).
+
+    Each filter is one sample; the filters are centred first, so a pattern shared by all
+    of them (their mean) is not a component. Components are orthonormal, strongest first.
     """
-    weight = model.patch_embed.proj.weight.detach().float()  # (D, C, p, p)
     D, C, p, _ = weight.shape
     if not 1 <= k <= min(D, C * p * p):
         raise VitInspectError(f"k={k}: must be between 1 and {min(D, C * p * p)}")
-    filters = weight.reshape(D, C * p * p)  # (D, C*p*p)
-    centred = filters - filters.mean(dim=0, keepdim=True)
-    _, _, Vh = torch.linalg.svd(centred, full_matrices=False)  # Vh: (C*p*p, C*p*p)
+    _, _, Vh = torch.linalg.svd(centred_filters(weight), full_matrices=False)  # Vh: (C*p*p, C*p*p)
     return Vh[:k].reshape(k, C, p, p)  # (k, C, p, p)
 
 
-def patch_embed_filter_variance(model: nn.Module) -> torch.Tensor:
-    """Share of the filters' variance along each principal component, strongest first: (C*p*p,)."""
-    weight = model.patch_embed.proj.weight.detach().float()  # (D, C, p, p)
-    filters = weight.reshape(weight.shape[0], -1)  # (D, C*p*p)
-    singular = torch.linalg.svdvals(filters - filters.mean(dim=0, keepdim=True))
+def filter_variance(weight: torch.Tensor) -> torch.Tensor:
+    """Share of the centred filters' variance along each principal component, strongest first: (C*p*p,)."""
+    singular = torch.linalg.svdvals(centred_filters(weight))  # (min(D, C*p*p),)
     return singular.square() / singular.square().sum()
+
+
+def patch_embed_filter_components(model: nn.Module, k: int = 28) -> torch.Tensor:
+    """:func:`filter_components` of the model's patch-embedding conv: (k, C, p, p)."""
+    return filter_components(model.patch_embed.proj.weight, k)
+
+
+def patch_embed_filter_variance(model: nn.Module) -> torch.Tensor:
+    """:func:`filter_variance` of the model's patch-embedding conv: (C*p*p,)."""
+    return filter_variance(model.patch_embed.proj.weight)

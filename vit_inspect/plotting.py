@@ -2,21 +2,39 @@
 
 Each function draws into ``ax`` (or ``axes``) when given one, for composite figures such
 as the CLI report, and returns the matplotlib Figure. Sections follow the notebooks.
+
+Rules every figure keeps:
+
+* ``trained`` (a required keyword of every figure whose content depends on the weights):
+  with ``trained=False`` the title starts with "UNTRAINED weights" in red and each panel
+  carries a red UNTRAINED watermark, so a cropped panel still says so.
+* Heatmaps of weights start their colour scale at 0 (or, with negative values, centre it
+  on 0), carry a colour bar, and compared panels share one scale; titles keep the max.
+* Rows, columns, heads and blocks are numbered from 0, as the code indexes them.
 """
 from __future__ import annotations
 
+import io
 import math
-from typing import Sequence
+from functools import lru_cache
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from matplotlib import colormaps
+from matplotlib import colormaps, font_manager, patheffects, rc_context
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
+from .images import denormalize
 from .labels import TopK
+
+UNTRAINED_PREFIX = "UNTRAINED weights - "
+UNTRAINED_COLOUR = "red"
 
 
 # ---------------- shared
@@ -34,8 +52,34 @@ def axes_or_new(ax: Axes | None, size: float = 4.0) -> Axes:
 
 
 def untrained_title(title: str, trained: bool) -> str:
-    """Prefix a title so a figure from random weights cannot pass for the real model."""
-    return title if trained else f"UNTRAINED weights - {title}"
+    """Prefix a title so a figure from random weights cannot pass for the real model (never twice)."""
+    if trained or title.startswith(UNTRAINED_PREFIX):
+        return title
+    return UNTRAINED_PREFIX + title if title else UNTRAINED_PREFIX.removesuffix(" - ")
+
+
+def watermark(ax: Axes) -> None:
+    """A red UNTRAINED across the panel, above what it shows, so a cropped panel keeps the label."""
+    ax.text(0.5, 0.5, "UNTRAINED", transform=ax.transAxes, rotation=30, ha="center", va="center",
+            color=UNTRAINED_COLOUR, alpha=0.7, fontsize=18, fontweight="bold", zorder=10,
+            path_effects=[patheffects.withStroke(linewidth=3, foreground="white", alpha=0.7)])
+
+
+def label_panel(ax: Axes, title: str, trained: bool, **title_kwargs) -> None:
+    """Set a weight-dependent panel's title; from untrained weights: red, the label on a line of its own
+    (panels are narrow), and a watermark."""
+    if not trained:
+        plain = title.removeprefix(UNTRAINED_PREFIX)
+        title = UNTRAINED_PREFIX.removesuffix(" - ") + (f"\n{plain}" if plain else "")
+        title_kwargs = {"color": UNTRAINED_COLOUR, **title_kwargs}
+        watermark(ax)
+    ax.set_title(title, **title_kwargs)
+
+
+def label_figure(fig: Figure, title: str, trained: bool) -> None:
+    """The suptitle of a figure whose panels depend on the weights: red and prefixed when untrained."""
+    colour = {} if trained else {"color": UNTRAINED_COLOUR}
+    fig.suptitle(untrained_title(title, trained), **colour)
 
 
 def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -64,17 +108,40 @@ def _axes_grid(count: int, axes: Sequence[Axes] | np.ndarray | None, ncols: int,
     return fig, list(grid.ravel())
 
 
-def plot_heatmap_overlay(crop: Image.Image, heat: np.ndarray, ax: Axes | None = None,
-                         title: str = "", alpha: float = 0.55, cmap: str = "inferno") -> Figure:
-    """A (rows, cols) map stretched over the crop, each cell covering its patch exactly."""
+def plot_heatmap_overlay(crop: Image.Image, heat: np.ndarray | torch.Tensor, *, trained: bool,
+                         vmin: float = 0.0, vmax: float | None = None, colorbar: bool = True,
+                         label: str = "attention weight", uniform: float | None = None,
+                         alpha: float = 0.55, cmap: str = "inferno", ax: Axes | None = None,
+                         title: str = "") -> Figure:
+    """A (rows, cols) map stretched over the crop, row 0 at the top, each cell covering its patch exactly.
+
+    The colour scale runs from ``vmin`` (0) to ``vmax`` (default: the map's max); panels
+    that are compared get the same ``vmax``. ``uniform`` (e.g. 1/N for attention) is
+    marked on the colour bar. ``trained=False`` labels the panel as untrained.
+    """
     ax = axes_or_new(ax)
+    heat = _numpy(heat).astype(np.float64)
     width, height = crop.size
+    vmax = float(heat.max()) if vmax is None else vmax
     ax.imshow(crop)
-    ax.imshow(np.asarray(heat), cmap=cmap, alpha=alpha, extent=(0, width, height, 0),
-              interpolation="nearest")
+    image = ax.imshow(heat, cmap=cmap, alpha=alpha, extent=(0, width, height, 0), interpolation="nearest",
+                      vmin=vmin, vmax=max(vmax, vmin + 1e-12))
+    if colorbar:  # below the panel: narrow panels keep their width and their title
+        add_colorbar(ax.figure, image, ax, label, uniform, orientation="horizontal")
     ax.set_axis_off()
-    ax.set_title(title)
+    label_panel(ax, title, trained)
     return ax.figure
+
+
+def add_colorbar(fig: Figure, mappable, axes: Axes | Sequence[Axes], label: str,
+                 uniform: float | None = None, orientation: str = "vertical") -> None:
+    """A colour bar for ``axes``; ``uniform`` is drawn on it as a cyan line and stated in the label."""
+    bar = fig.colorbar(mappable, ax=axes, shrink=0.8, pad=0.02, orientation=orientation, label=label)
+    if uniform is not None:
+        mark = bar.ax.axhline if orientation == "vertical" else bar.ax.axvline
+        mark(uniform, color="cyan", linewidth=2)
+        bar.set_label(f"{label}; cyan: uniform 1/N = {uniform:.4f}" if orientation == "horizontal"
+                      else f"{label}\ncyan: uniform 1/N = {uniform:.4f}")
 
 
 def _mark_patch(ax: Axes, cell: tuple[int, int], patch_size: int) -> None:
@@ -114,7 +181,7 @@ def plot_patch_grid(crop: Image.Image, patch_size: int, ax: Axes | None = None, 
     return ax.figure
 
 
-def plot_filter_components(components: torch.Tensor, ax: Axes | None = None, title: str = "",
+def plot_filter_components(components: torch.Tensor, *, trained: bool, ax: Axes | None = None, title: str = "",
                            ncols: int = 7) -> Figure:
     """Principal components (k, 3, p, p) as RGB patches, each stretched to [0, 1] on its own."""
     ax = axes_or_new(ax)
@@ -128,18 +195,20 @@ def plot_filter_components(components: torch.Tensor, ax: Axes | None = None, tit
     padded[:k] = comps
     ax.imshow(_mosaic(padded.reshape(rows, ncols, p, p, 3), gap=2, fill=1.0))
     ax.set_axis_off()
-    ax.set_title(title or f"first {k} principal components of the patch-embedding filters")
+    label_panel(ax, title or f"first {k} principal components of the patch-embedding filters", trained)
     return ax.figure
 
 
 # ---------------- 02 position embeddings
 
 
-def plot_pos_embed_similarity(similarity: torch.Tensor, ax: Axes | None = None, title: str = "") -> Figure:
+def plot_pos_embed_similarity(similarity: torch.Tensor, *, trained: bool, ax: Axes | None = None,
+                              title: str = "") -> Figure:
     """The (gh, gw, gh, gw) cosine similarities as a gh x gw mosaic of gh x gw tiles.
 
     Tile (r, c) shows how similar the position embedding of patch (r, c) is to every
-    other patch's; one axes, one shared colour scale from -1 to 1.
+    other patch's; one axes, one shared colour scale over the whole range of a cosine,
+    -1 to 1; rows and columns numbered from 0.
     """
     ax = axes_or_new(ax, size=6.0)
     gh, gw = similarity.shape[:2]
@@ -147,71 +216,85 @@ def plot_pos_embed_similarity(similarity: torch.Tensor, ax: Axes | None = None, 
     image = ax.imshow(_mosaic(similarity.detach().float().numpy(), gap=1), cmap="viridis",
                       vmin=-1, vmax=1, interpolation="nearest")
     ax.figure.colorbar(image, ax=ax, shrink=0.8, label="cosine similarity")
-    ax.set_xticks([(gw + 1) * c + gw / 2 - 0.5 for c in range(gw)], [str(c + 1) for c in range(gw)], fontsize=7)
-    ax.set_yticks([(gh + 1) * r + gh / 2 - 0.5 for r in range(gh)], [str(r + 1) for r in range(gh)], fontsize=7)
+    ax.set_xticks([(gw + 1) * c + gw / 2 - 0.5 for c in range(gw)], [str(c) for c in range(gw)], fontsize=7)
+    ax.set_yticks([(gh + 1) * r + gh / 2 - 0.5 for r in range(gh)], [str(r) for r in range(gh)], fontsize=7)
     ax.tick_params(length=0)
-    ax.set_xlabel("input patch column")
-    ax.set_ylabel("input patch row")
-    ax.set_title(title or "position embedding similarity", fontsize=10)
+    ax.set_xlabel("input patch column (from 0)")
+    ax.set_ylabel("input patch row (from 0)")
+    label_panel(ax, title or "position embedding similarity", trained, fontsize=10)
     return ax.figure
 
 
 # ---------------- 03 attention by hand
 
 
-def plot_query_attention(crop: Image.Image, maps: torch.Tensor, query_cell: tuple[int, int] | None = None,
-                         axes: Sequence[Axes] | None = None, title: str = "", ncols: int = 4) -> Figure:
+def plot_query_attention(crop: Image.Image, maps: torch.Tensor, query_cell: tuple[int, int] | None = None, *,
+                         trained: bool, uniform: float | None = None, axes: Sequence[Axes] | None = None,
+                         title: str = "", ncols: int = 4) -> Figure:
     """One panel per head: a query's attention (H, gh, gw) over the key patches, on the crop.
 
+    All heads share one colour scale, from 0 to the largest weight of any head, with one
+    colour bar (``uniform``, e.g. 1/N, marked on it); each panel's title keeps its own max.
     ``query_cell`` (row, col) is outlined in cyan; None means the query is the class token.
     """
     H, gh, _ = maps.shape
     fig, axes = _axes_grid(H, axes, ncols, size=2.6)
     patch_size = crop.size[1] // gh
+    heats = _numpy(maps).astype(np.float64)  # (H, gh, gw)
+    vmax = float(heats.max())
     for head, ax in zip(range(H), axes):
-        heat = maps[head].detach().float().numpy()
-        plot_heatmap_overlay(crop, heat, ax=ax, title=f"head {head + 1} (max {heat.max():.2f})")
+        plot_heatmap_overlay(crop, heats[head], trained=trained, vmax=vmax, colorbar=False, ax=ax,
+                             title=f"head {head} (max {heats[head].max():.3f})")
         if query_cell is not None:
             _mark_patch(ax, query_cell, patch_size)
+    shared = ScalarMappable(Normalize(0.0, max(vmax, 1e-12)), cmap="inferno")
+    add_colorbar(fig, shared, axes[:H], "attention weight, all heads", uniform)
     query = "class token" if query_cell is None else f"patch (row {query_cell[0]}, col {query_cell[1]})"
-    fig.suptitle(title or f"attention of {query} over the key patches")
+    label_figure(fig, title or f"attention of {query} over the key patches", trained)
     return fig
 
 
 def plot_attention_mistakes(crop: Image.Image, maps: dict[str, torch.Tensor], errors: dict[str, float] | None = None,
-                            query_cell: tuple[int, int] | None = None, axes: Sequence[Axes] | None = None,
-                            title: str = "") -> Figure:
+                            query_cell: tuple[int, int] | None = None, *, trained: bool,
+                            axes: Sequence[Axes] | None = None, title: str = "") -> Figure:
     """Side by side: the correct map and each mistake's map ({name: (gh, gw)}) for one head/query.
 
+    Each panel has its own colour bar, so the scale of each mistake shows: from 0 to the
+    max, or centred on 0 (blue negative, red positive) when a map has negative values.
     ``errors`` ({name: relative error of the block output}) goes into the panel titles.
     """
-    fig, axes = _axes_grid(len(maps), axes, ncols=len(maps), size=3.0)
+    fig, axes = _axes_grid(len(maps), axes, ncols=min(len(maps), 4), size=3.2)
     gh = next(iter(maps.values())).shape[0]
     for (name, heat), ax in zip(maps.items(), axes):
-        error = f"\nout off by {errors[name]:.0%}" if errors and name in errors else ""
-        plot_heatmap_overlay(crop, heat.detach().float().numpy(), ax=ax, title=f"{name}{error}")
+        heat = _numpy(heat).astype(np.float64)
+        low, high = float(heat.min()), float(heat.max())
+        limits = {"vmin": -max(abs(low), high), "vmax": max(abs(low), high), "cmap": "RdBu_r"} if low < 0 else {}
+        extremes = f"min {low:.3g}, max {high:.3g}" if low < 0 else f"max {high:.3g}"
+        error = f"\nout off by {errors[name]:.1%}" if errors and name in errors else ""
+        plot_heatmap_overlay(crop, heat, trained=trained, ax=ax, label="weight", title=f"{name}\n{extremes}{error}",
+                             **limits)
         if query_cell is not None:
             _mark_patch(ax, query_cell, crop.size[1] // gh)
-    fig.suptitle(title or "correct attention vs the course's mistakes")
+    label_figure(fig, title or "correct attention vs the course's mistakes", trained)
     return fig
 
 
 # ---------------- 04 encoder stack
 
 
-def plot_residual_norms(norms: torch.Tensor, num_prefix_tokens: int, image: int = 0, ax: Axes | None = None,
-                        title: str = "") -> Figure:
-    """Norm of the residual stream per layer (L+1, B, N): class token vs mean over patches."""
+def plot_residual_norms(norms: torch.Tensor, num_prefix_tokens: int, image: int = 0, *, trained: bool,
+                        ax: Axes | None = None, title: str = "") -> Figure:
+    """Norm of the residual stream (L+1, B, N): z0, then after block 0 ... L-1; class token vs patches."""
     ax = axes_or_new(ax)
     norms = norms[:, image].detach().float()  # (L+1, N)
     layers = np.arange(norms.shape[0])
     ax.plot(layers, norms[:, 0].numpy(), "o-", label="class token")
     ax.plot(layers, norms[:, num_prefix_tokens:].mean(dim=1).numpy(), "s-", label="patch tokens (mean)")
-    ax.set_xticks(layers, ["z0"] + [str(i) for i in layers[1:]])
-    ax.set_xlabel("after block")
+    ax.set_xticks(layers, ["z0"] + [str(i - 1) for i in layers[1:]])
+    ax.set_xlabel("after block (from 0)")
     ax.set_ylabel("L2 norm of the residual stream")
     ax.legend()
-    ax.set_title(title or "residual stream norm per layer")
+    label_panel(ax, title or "residual stream norm per layer", trained)
     return ax.figure
 
 
@@ -234,7 +317,7 @@ def plot_gelu(x: torch.Tensor, exact: torch.Tensor, approx: torch.Tensor, ax: Ax
 # ---------------- 05 classification head
 
 
-def plot_top_k(topk: TopK, image: int = 0, ax: Axes | None = None, title: str = "top-5") -> Figure:
+def plot_top_k(topk: TopK, image: int = 0, *, trained: bool, ax: Axes | None = None, title: str = "top-5") -> Figure:
     """Horizontal bar chart of the top-k probabilities of one image."""
     ax = axes_or_new(ax)
     rows = topk.rows(image)[::-1]
@@ -242,24 +325,41 @@ def plot_top_k(topk: TopK, image: int = 0, ax: Axes | None = None, title: str = 
     ax.bar_label(bars, labels=[f"{r['probability']:.1%}" for r in rows], padding=3)
     ax.set_xlim(0, 1.15)
     ax.set_xlabel("probability")
-    ax.set_title(title)
+    label_panel(ax, title, trained)
     return ax.figure
 
 
 # ---------------- 06 attention maps
 
 
-def plot_rollout_overlay(crop: Image.Image, rollout_grid: torch.Tensor | np.ndarray,
-                         ax: Axes | None = None, title: str = "attention rollout") -> Figure:
-    """The class token's rollout (gh, gw) over the crop the model saw (paper Fig. 6)."""
+def plot_rollout_overlay(crop: Image.Image, rollout_grid: torch.Tensor | np.ndarray, *, trained: bool,
+                         vmax: float | None = None, uniform: float | None = None, ax: Axes | None = None,
+                         title: str = "attention rollout") -> Figure:
+    """The class token's rollout (gh, gw) over the crop the model saw (paper Fig. 6).
+
+    Colour scale from 0 to ``vmax`` (pass one value to all the panels of a figure), with
+    a colour bar on which ``uniform`` (1/N) is marked; the title keeps the map's max.
+    """
     heat = _numpy(rollout_grid)
-    return plot_heatmap_overlay(crop, heat / max(float(heat.max()), 1e-12), ax=ax, title=title)
+    return plot_heatmap_overlay(crop, heat, trained=trained, vmax=vmax, uniform=uniform, ax=ax,
+                                label="rollout weight", title=f"{title}\nmax {float(heat.max()):.4f}")
 
 
-def plot_attention_distance(distance: torch.Tensor | np.ndarray, ax: Axes | None = None,
-                            title: str = "mean attention distance",
-                            reference: float | None = None) -> Figure:
-    """(L, H) distances in pixels as the paper plots them: one dot per head, x = layer.
+def plot_rollout_vs_brightness(brightness: torch.Tensor | np.ndarray, rollout_grid: torch.Tensor | np.ndarray,
+                               correlation: float, *, trained: bool, ax: Axes | None = None,
+                               title: str = "rollout vs patch brightness") -> Figure:
+    """One dot per patch: its brightness (gh, gw) against its rollout weight (gh, gw); r in the title."""
+    ax = axes_or_new(ax)
+    ax.scatter(_numpy(brightness).ravel(), _numpy(rollout_grid).ravel(), s=8, alpha=0.7)
+    ax.set_xlabel("mean brightness of the patch (0 to 1)")
+    ax.set_ylabel("rollout weight of the patch")
+    label_panel(ax, f"{title}: r = {correlation:+.2f}", trained)
+    return ax.figure
+
+
+def plot_attention_distance(distance: torch.Tensor | np.ndarray, reference: float | None = None, *, trained: bool,
+                            ax: Axes | None = None, title: str = "mean attention distance") -> Figure:
+    """(L, H) distances in pixels as the paper plots them: one dot per head, x = block (from 0).
 
     ``reference`` (e.g. the distance of uniform attention) is drawn as a dashed line.
     """
@@ -268,13 +368,13 @@ def plot_attention_distance(distance: torch.Tensor | np.ndarray, ax: Axes | None
     L, H = values.shape
     colours = _head_colours(H)
     for head in range(H):
-        ax.scatter(np.arange(L), values[:, head], s=14, color=colours[head], label=f"head {head + 1}")
+        ax.scatter(np.arange(L), values[:, head], s=14, color=colours[head], label=f"head {head}")
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="uniform attention")
-    ax.set_xlabel("network depth (block index)")
+    ax.set_xlabel("network depth (block, from 0)")
     ax.set_ylabel("mean attention distance (pixels)")
     ax.set_ylim(0, 1.1 * max(float(values.max()), reference or 0.0))
-    ax.set_title(title)
+    label_panel(ax, title, trained)
     ax.legend(fontsize="xx-small", ncols=2, loc="lower right")
     return ax.figure
 
@@ -283,6 +383,35 @@ def _head_colours(count: int) -> list[tuple]:
     """A distinct colour per head: tab10 up to 10 heads, tab20 (cycled) beyond."""
     palette = colormaps["tab10" if count <= 10 else "tab20"]
     return [palette(head % palette.N) for head in range(count)]
+
+
+# ---------------- 08 huggingface
+
+
+def plot_preprocessing_comparison(inputs: dict[str, torch.Tensor], configs: dict[str, dict],
+                                  axes: Sequence[Axes] | np.ndarray | None = None, title: str = "") -> Figure:
+    """What each library feeds the model, and where the two inputs differ.
+
+    ``inputs``: "timm", "hf" (1, 3, H, W) normalised and "difference" = hf - timm;
+    ``configs``: {"timm": ..., "hf": ...}, each with the "mean" and "std" that undo its
+    normalisation. Panels: the two inputs as images, then |difference| averaged over the
+    channels, on a colour scale from 0.
+    """
+    fig, axes = _axes_grid(3, axes, ncols=3, size=4.0)
+    for ax, key, label in zip(axes, ("timm", "hf"), ("timm: resize + centre crop", "Hugging Face: resize to H x W")):
+        pixels = denormalize(inputs[key][0].detach().float(), configs[key])  # (3, H, W) in [0, 1]
+        ax.imshow(pixels.permute(1, 2, 0).numpy())  # (H, W, 3)
+        ax.set_axis_off()
+        ax.set_title(label)
+    gap = inputs["difference"][0].detach().abs().mean(dim=0)  # (H, W)
+    shown = axes[2].imshow(_numpy(gap), cmap="magma", vmin=0)
+    axes[2].set_axis_off()
+    axes[2].set_title("|hf - timm|, mean over RGB")
+    fig.colorbar(shown, ax=axes[2], fraction=0.046, label="normalised units")
+    if title:
+        fig.suptitle(title)
+    return fig
+
 
 
 # ---------------- 09 training
@@ -414,3 +543,160 @@ def plot_randomisation_curves(curves: dict[str, torch.Tensor], ylabel: str = "Sp
     ax.legend()
     ax.set_title(title or "model-randomisation check")
     return ax.figure
+
+
+# ---------------- 10 attention explorer
+# Drawn for a projector: large type, one colour bar per panel starting at 0, and a red
+# label on every panel when the weights are not known to be trained. The head panels are
+# drawn with numpy and Pillow (no matplotlib layout or resampling), so a redraw stays fast.
+
+EXPLORER_FONT_SIZE = 16
+EXPLORER_DPI = 72
+_STRIP_PX, _LABEL_PX, _TITLE_PX, _GAP_PX, _MARGIN_PX = 14, 70, 30, 6, 8
+_RED, _BLACK, _CYAN = (214, 0, 0), (0, 0, 0), (0, 255, 255)
+
+
+class HeadPanels(NamedTuple):
+    picture: Image.Image              # RGB, one pixel per screen pixel
+    origins: list[tuple[int, int]]    # (x, y) pixel of each panel's top-left corner
+    patch_px: int                     # pixels per patch side in a panel
+
+
+@lru_cache(maxsize=4)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """Matplotlib's own DejaVu Sans, so the pictures need no system fonts."""
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+
+
+def draw_head_panels(crop: Image.Image, maps: torch.Tensor, query_cell: tuple[int, int] | None,
+                     heads: Sequence[int], title: str = "", warning: str | None = None,
+                     panel_px: int = 224, ncols: int = 4, cmap: str = "inferno", alpha: float = 0.55) -> HeadPanels:
+    """One panel per map (K, gh, gw) over the crop, each with its own colour bar from 0 to its maximum.
+
+    ``heads`` names the panels ("head 3"); ``query_cell`` (row, col) is outlined in cyan (None:
+    the query is a prefix token); ``warning`` (e.g. "UNTRAINED") goes in red into every panel
+    title and the title. Drawn with numpy and Pillow, not matplotlib, so that the explorer
+    redraws all twelve heads well within its time budget; every patch is ``patch_px`` pixels.
+    """
+    K, gh, gw = maps.shape
+    k = max(1, panel_px // max(gh, gw))
+    base = np.asarray(crop.resize((k * gw, k * gh), Image.BICUBIC), dtype=np.float32) / 255  # (h, w, 3)
+    h, w, _ = base.shape
+    cols, rows = min(ncols, K), math.ceil(K / ncols)
+    cell_w, cell_h, top = w + _GAP_PX + _STRIP_PX + _LABEL_PX, _TITLE_PX + h + _GAP_PX, 2 * _TITLE_PX if title else 0
+    pixels = np.ones((top + rows * cell_h, _MARGIN_PX + cols * cell_w, 3), np.float32)  # (height, width, 3)
+    lut = colormaps[cmap]
+    strip = lut(np.linspace(1, 0, h))[:, None, :3].repeat(_STRIP_PX, axis=1)  # (h, strip, 3), maximum on top
+    origins = [(_MARGIN_PX + c * cell_w, top + r * cell_h + _TITLE_PX) for r, c in (divmod(i, cols) for i in range(K))]
+    values = _numpy(maps).astype(np.float32)  # (K, gh, gw)
+    for (x, y), heat in zip(origins, values):
+        colours = lut(heat / max(float(heat.max()), 1e-12))[..., :3]  # (gh, gw, 3), 0 -> bottom colour
+        colours = colours.repeat(k, axis=0).repeat(k, axis=1)  # (h, w, 3)
+        pixels[y:y + h, x:x + w] = (1 - alpha) * base + alpha * colours
+        pixels[y:y + h, x + w + _GAP_PX:x + w + _GAP_PX + _STRIP_PX] = strip
+    picture = Image.fromarray((pixels * 255).round().astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(picture)
+    _label_head_panels(draw, origins, values, heads, query_cell, (h, w, k), warning)
+    if title:
+        draw.text((picture.width / 2, _TITLE_PX), f"{warning} - {title}" if warning else title,
+                  fill=_RED if warning else _BLACK, font=_font(EXPLORER_FONT_SIZE + 2), anchor="mm")
+    return HeadPanels(picture, origins, k)
+
+
+def _label_head_panels(draw: ImageDraw.ImageDraw, origins: list[tuple[int, int]], values: np.ndarray,
+                       heads: Sequence[int], query_cell: tuple[int, int] | None, panel: tuple[int, int, int],
+                       warning: str | None) -> None:
+    """Panel titles, each colour strip's scale (0 at the bottom, the maximum on top), the query box."""
+    h, w, k = panel
+    colour, font, small = (_RED if warning else _BLACK), _font(EXPLORER_FONT_SIZE), _font(EXPLORER_FONT_SIZE - 2)
+    for (x, y), heat, head in zip(origins, values, heads):
+        draw.text((x, y - 4), f"{warning} head {head}" if warning else f"head {head}", fill=colour, font=font,
+                  anchor="ld")
+        label_x = x + w + _GAP_PX + _STRIP_PX + 4
+        draw.text((label_x, y), f"{float(heat.max()):.3g}", fill=_BLACK, font=small, anchor="lt")
+        draw.text((label_x, y + h), "0", fill=_BLACK, font=small, anchor="ld")
+        if query_cell is not None:
+            row, col = query_cell
+            draw.rectangle((x + col * k, y + row * k, x + (col + 1) * k - 1, y + (row + 1) * k - 1),
+                           outline=_CYAN, width=3)
+
+
+def plot_head_panels(panels: HeadPanels, ax: Axes | None = None, title: str = "") -> Figure:
+    """The head panels' picture as a matplotlib Figure (one picture pixel per screen pixel without ``ax``)."""
+    if ax is None:
+        width, height = panels.picture.size
+        fig = Figure(figsize=(width / EXPLORER_DPI, height / EXPLORER_DPI), dpi=EXPLORER_DPI)
+        ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(panels.picture, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax.figure
+
+
+def plot_rollout_with_scale(crop: Image.Image, rollout_grid: torch.Tensor, ax: Axes | None = None,
+                            title: str = "class-token rollout", warning: str | None = None,
+                            cmap: str = "inferno", alpha: float = 0.55) -> Figure:
+    """The class token's rollout (gh, gw) over the crop, with a colour bar from 0 to its maximum."""
+    ax = axes_or_new(ax, size=5.0)
+    heat = _numpy(rollout_grid)
+    width, height = crop.size
+    ax.imshow(crop)
+    image = ax.imshow(heat, cmap=cmap, alpha=alpha, extent=(0, width, height, 0), interpolation="nearest",
+                      vmin=0, vmax=float(heat.max()))
+    bar = ax.figure.colorbar(image, ax=ax, shrink=0.8, label="rollout weight")
+    bar.solids.set_alpha(1.0)  # the scale in full colour, not washed out like the overlay
+    ax.set_axis_off()
+    ax.set_title(f"{warning}\n{title}" if warning else title, color="red" if warning else "black")
+    return ax.figure
+
+
+def plot_explorer_summary(crop: Image.Image, rollout_grid: torch.Tensor, topk: TopK, image: int = 0,
+                          warning: str | None = None, title: str = "") -> Figure:
+    """What does not change with layer, head or query: the class token's rollout and the top-5."""
+    with rc_context({"font.size": EXPLORER_FONT_SIZE}):
+        fig = Figure(figsize=(13, 4.6), dpi=EXPLORER_DPI, layout="constrained")
+        left, right = fig.subplots(1, 2, width_ratios=(1, 1.3))
+        plot_rollout_with_scale(crop, rollout_grid, ax=left, warning=warning)
+        untrained = warning == "UNTRAINED"  # plot_top_k labels and watermarks that case itself
+        other = warning if warning and not untrained else None
+        plot_top_k(topk, image=image, trained=not untrained, ax=right, title=f"{other}\ntop-5" if other else "top-5")
+        if other:
+            right.title.set_color("red")
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def patch_picker_image(crop: Image.Image, grid: tuple[int, int], query_cell: tuple[int, int] | None,
+                      patch_px: int = 24) -> Image.Image:
+    """The crop enlarged with its patch grid and the query patch outlined: the picture one clicks on."""
+    gh, gw = grid
+    picture = crop.resize((gw * patch_px, gh * patch_px), Image.BICUBIC)
+    draw = ImageDraw.Draw(picture)
+    for i in range(1, gh):
+        draw.line([(0, i * patch_px), (picture.width, i * patch_px)], fill=(255, 255, 255), width=1)
+    for j in range(1, gw):
+        draw.line([(j * patch_px, 0), (j * patch_px, picture.height)], fill=(255, 255, 255), width=1)
+    if query_cell is not None:
+        row, col = query_cell
+        box = (col * patch_px, row * patch_px, (col + 1) * patch_px - 1, (row + 1) * patch_px - 1)
+        draw.rectangle(box, outline=(0, 255, 255), width=3)
+    return picture
+
+
+def image_bytes(picture: Image.Image, format: str = "png", quality: int = 90) -> bytes:
+    """A picture as PNG or JPEG bytes for an image widget (PNG lightly compressed: speed over size)."""
+    out = io.BytesIO()
+    if format == "jpeg":
+        picture.convert("RGB").save(out, format="JPEG", quality=quality)
+    else:
+        picture.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def figure_bytes(fig: Figure, format: str = "png") -> bytes:
+    """The figure rendered by Agg, as PNG or JPEG bytes."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return image_bytes(Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()), format)

@@ -21,7 +21,7 @@ from .images import preprocess
 from .labels import top_k
 from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of, token_index
 from .plotting import (plot_attention_distance, plot_patch_overlay, plot_pos_embed_similarity,
-                       plot_query_attention, plot_rollout_overlay, plot_top_k, untrained_title)
+                       plot_query_attention, plot_rollout_overlay, plot_top_k)
 from .position_embeddings import pos_embed_similarity
 from .recorder import capture
 from .weights import Provenance
@@ -107,13 +107,13 @@ def plot_report(data: ReportData) -> Figure:
     top, bottom = fig.subfigures(2, 1, height_ratios=[5.5, 3.5])
     axes = top.subplots(1, 5)
     plot_patch_overlay(data.crop, data.patch_size, ax=axes[0])
-    plot_top_k(top_k(data.logits), ax=axes[1], title=untrained_title("top-5 classes", trained))
-    plot_pos_embed_similarity(data.pos_embed_similarity, ax=axes[2],
-                              title=untrained_title("position embedding similarity", trained))
-    plot_rollout_overlay(data.crop, data.rollout_grid, ax=axes[3],
-                         title=untrained_title("attention rollout of the class token", trained))
-    plot_attention_distance(data.attention_distance, ax=axes[4], reference=data.uniform_distance,
-                            title=untrained_title("mean attention distance", trained))
+    plot_top_k(top_k(data.logits), trained=trained, ax=axes[1], title="top-5 classes")
+    plot_pos_embed_similarity(data.pos_embed_similarity, trained=trained, ax=axes[2],
+                              title="position embedding similarity")
+    plot_rollout_overlay(data.crop, data.rollout_grid, trained=trained, ax=axes[3],
+                         title="attention rollout of the class token")
+    plot_attention_distance(data.attention_distance, reference=data.uniform_distance, trained=trained, ax=axes[4],
+                            title="mean attention distance")
     _plot_query_heads(bottom, data)
     fig.suptitle(f"{Path(data.image).name} - {data.provenance.label}")
     return fig
@@ -127,8 +127,8 @@ def _plot_query_heads(subfigure, data: ReportData) -> None:
     for ax in axes.ravel()[len(maps):]:
         ax.set_axis_off()
     title = f"block {data.layer}: attention of patch (row {row}, col {col}) per head"
-    plot_query_attention(data.crop, maps, (row, col), axes=axes.ravel(),
-                         title=untrained_title(title, data.provenance.trained))
+    plot_query_attention(data.crop, maps, (row, col), trained=data.provenance.trained, axes=axes.ravel(),
+                         title=title)
 
 
 def write_report(data: ReportData, out: Path) -> tuple[Path, Path]:

@@ -95,17 +95,59 @@ def load_vit(name: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto",
 
 
 def create_untrained(name: str, seed: int = 0, **model_kwargs) -> nn.Module:
-    """The architecture ``name`` with deterministic random weights (eval mode).
+    """The architecture ``name`` with deterministic random weights (eval mode), none of them degenerate.
 
-    ``model_kwargs`` go to ``timm.create_model`` (e.g. ``img_size=384``); the caller's
-    random state is left untouched.
+    timm initialises every LayerNorm to gamma = 1, beta = 0, every linear bias to 0 and
+    the class token to about 1e-6: on those weights a hand computation that drops a bias,
+    drops gamma/beta, swaps norm1 and norm2 or forgets the class token gives the same
+    numbers as the right one. :func:`randomise_constant_init` redraws them, so every
+    parameter changes the output if it is used wrongly. ``model_kwargs`` go to
+    ``timm.create_model`` (e.g. ``img_size=384``); the caller's random state is left untouched.
     """
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return timm.create_model(name, pretrained=False, **model_kwargs).eval()
+            model = timm.create_model(name, pretrained=False, **model_kwargs)
+            randomise_constant_init(model)
     except RuntimeError as err:  # timm's "Unknown model"
         raise WeightsError(f"unknown model name {name!r}: {err}") from None
+    return model.eval()
+
+
+# Scales of the redrawn parameters. Patch tokens of a real photo have a standard
+# deviation of about 0.3 on timm's initialisation of ViT-B/16: the prefix tokens get that
+# scale, so that they weigh like an image token; the position embedding and the biases a
+# third of it, enough to matter without drowning the image content.
+TOKEN_STD = 0.3
+POS_EMBED_STD = 0.1
+BIAS_STD = 0.1
+NORM_GAMMA_RANGE = (0.5, 1.5)  # LayerNorm gamma and LayerScale factors: multiplied by U(0.5, 1.5)
+
+
+@torch.no_grad()
+def randomise_constant_init(model: nn.Module) -> nn.Module:
+    """Redraw, from the global random state, the parameters timm initialises to constants; in place.
+
+    Norm layers: gamma x U(0.5, 1.5), beta ~ N(0, 0.1^2). Linear biases ~ N(0, 0.1^2).
+    LayerScale gamma x U(0.5, 1.5). Class, distillation and register tokens ~ N(0, 0.3^2);
+    the position embedding ~ N(0, 0.1^2). Weight matrices and the patch-embedding conv keep
+    timm's (already random) initialisation. Returns ``model``.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and module.weight is not None:
+            module.weight.mul_(torch.empty_like(module.weight).uniform_(*NORM_GAMMA_RANGE))
+            if module.bias is not None:
+                module.bias.normal_(0.0, BIAS_STD)
+        elif isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.normal_(0.0, BIAS_STD)
+        elif hasattr(module, "gamma") and isinstance(module.gamma, nn.Parameter):  # timm's LayerScale
+            module.gamma.mul_(torch.empty_like(module.gamma).uniform_(*NORM_GAMMA_RANGE))
+    for token in ("cls_token", "dist_token", "reg_token"):
+        if isinstance(getattr(model, token, None), nn.Parameter):
+            getattr(model, token).normal_(0.0, TOKEN_STD)
+    if isinstance(getattr(model, "pos_embed", None), nn.Parameter):
+        model.pos_embed.normal_(0.0, POS_EMBED_STD)
+    return model
 
 
 def _resolve_keyword(name: str, weights: str) -> tuple[Path | None, str]:

@@ -1,0 +1,230 @@
+"""The lecture explorer, driven from Python as a browser would drive its widgets."""
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+from matplotlib import colormaps
+from PIL import Image
+
+from vit_inspect import capture, explorer, preprocess, sample_images
+from vit_inspect.attention_explorer import (ALL_HEADS, image_from_bytes, query_maps, uploaded_files,
+                                            weights_warning)
+from vit_inspect.errors import ImageError, VitInspectError
+from vit_inspect.plotting import draw_head_panels, plot_head_panels
+from vit_inspect.weights import Provenance
+
+TRAINED = Provenance("vit_tiny_patch16_224", "local file", True, "/x.safetensors")
+UNTRAINED = Provenance("vit_tiny_patch16_224", "random", False, None, 0)
+
+
+@pytest.fixture()
+def model(tiny):
+    return copy.deepcopy(tiny)
+
+
+@pytest.fixture()
+def forwards(model):
+    """How many times the model ran (a forward hook on the whole model)."""
+    count = [0]
+    handle = model.register_forward_hook(lambda *args: count.__setitem__(0, count[0] + 1))
+    yield count
+    handle.remove()
+
+
+@pytest.fixture()
+def photos():
+    first, second = sample_images()[:2]
+    return {"rgb": first, "gray": second}
+
+
+def png_bytes(size=(40, 30), colour=(200, 30, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_query_maps_take_the_query_row_of_the_chosen_layer_and_head():
+    L, H, gh, gw, prefix = 3, 4, 2, 5, 2
+    attention = torch.rand(L, H, prefix + gh * gw, prefix + gh * gw)
+    maps = query_maps(attention, (gh, gw), prefix, layer=1, query_cell=(1, 3))
+    token = prefix + 1 * gw + 3
+    assert maps.shape == (H, gh, gw)
+    assert torch.equal(maps[2, 0, 4], attention[1, 2, token, prefix + 4])
+    assert torch.equal(maps[2, 1, 0], attention[1, 2, token, prefix + gw])
+    one = query_maps(attention, (gh, gw), prefix, layer=2, query_cell=(0, 0), head=3)
+    assert one.shape == (1, gh, gw) and torch.equal(one[0].flatten(), attention[2, 3, prefix, prefix:])
+
+
+def test_explorer_draws_the_chosen_layer_head_and_query_with_no_new_forward_pass(model, forwards, photos):
+    demo = explorer((model, TRAINED), images=photos)
+    assert forwards[0] == 1 and demo.captures == 1
+    with torch.no_grad():
+        reference = capture(model, preprocess(photos["rgb"], model).tensor)["attention"][0]  # (L, H, N, N)
+    forwards[0] = 0
+    pictures = {demo.view.value}
+    demo.layer.value, demo.head.value = 5, 1
+    demo.row.value, demo.col.value = 2, 9
+    pictures.add(demo.view.value)
+    token = 1 + 2 * 14 + 9
+    assert demo.drawn.layer == 5 and demo.drawn.head == 1 and demo.drawn.query_cell == (2, 9)
+    torch.testing.assert_close(demo.drawn.maps, reference[5, 1, token, 1:].reshape(1, 14, 14))
+    demo.head.value = ALL_HEADS
+    torch.testing.assert_close(demo.drawn.maps, reference[5, :, token, 1:].reshape(3, 14, 14))
+    pictures.add(demo.view.value)
+    assert len(pictures) == 3, "every change redraws the picture"
+    assert forwards[0] == 0 and demo.captures == 1, "a change of layer, head or query runs no forward pass"
+
+
+def test_a_click_moves_the_query_and_redraws_once(model, photos):
+    demo = explorer((model, TRAINED), images=photos)
+    redraws = demo.redraws
+    demo.picker.cell = [3, 11]  # what the browser sends after a click on that patch
+    assert (demo.row.value, demo.col.value) == (3, 11)
+    assert demo.drawn.query_cell == (3, 11) and demo.redraws == redraws + 1
+    demo.row.value = 4  # and the sliders move the picker's outline
+    assert demo.picker.cell == [4, 11]
+
+
+def test_one_forward_pass_per_image_then_the_cache(model, forwards, photos):
+    demo = explorer((model, TRAINED), images=photos)
+    summary = demo.summary.value
+    demo.image.value = "gray"
+    assert forwards[0] == 2 and demo.drawn.image == "gray" and demo.summary.value != summary
+    demo.image.value = "rgb"
+    demo.image.value = "gray"
+    assert forwards[0] == 2 and demo.captures == 2
+
+
+def test_uploads_of_both_ipywidgets_versions_are_added_and_shown(model, photos):
+    content = png_bytes()
+    v8 = ({"name": "red.png", "type": "image/png", "size": len(content), "content": memoryview(content)},)
+    v7 = {"red.png": {"metadata": {"name": "red.png"}, "content": content}}
+    assert uploaded_files(v8) == uploaded_files(v7) == {"red.png": content}
+    demo = explorer((model, TRAINED), images=photos)
+    demo._uploaded(v8)
+    assert demo.image.value == "upload: red.png" and demo.drawn.image == "upload: red.png"
+    assert demo.captures == 2
+    demo._uploaded({"red.png": {"content": png_bytes(colour=(0, 0, 250))}})  # another file, same name
+    assert demo.captures == 3 and np.asarray(demo.cache["upload: red.png"].crop)[0, 0, 2] == 250
+
+
+def test_a_bad_upload_is_one_red_line_naming_the_file(model, photos):
+    demo = explorer((model, TRAINED), images=photos)
+    demo._uploaded({"notes.txt": {"content": b"not an image"}})
+    assert "notes.txt: not an image" in demo.status.value and "red" in demo.status.value
+    assert demo.image.value == "rgb"
+    with pytest.raises(ImageError, match="empty.png: file is empty"):
+        image_from_bytes("empty.png", b"")
+    with pytest.raises(ImageError, match="cut.png: truncated"):
+        image_from_bytes("cut.png", png_bytes()[:60])
+
+
+def test_an_unreadable_image_is_a_red_line_and_the_widgets_keep_working(model, photos, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a picture")
+    demo = explorer((model, TRAINED), images={**photos, "broken": tmp_path / "broken.png"})
+    demo.image.value = "broken"
+    assert "broken.png: not an image" in demo.status.value and "red" in demo.status.value
+    demo.layer.value = 2  # no traceback from the callback
+    assert "broken.png" in demo.status.value
+    demo.image.value = "rgb"
+    assert demo.drawn.image == "rgb" and demo.drawn.layer == 2
+    with pytest.raises(VitInspectError, match="images is empty"):
+        explorer((model, TRAINED), images={})
+
+
+def test_untrained_and_unknown_weights_are_labelled_in_red(model, photos):
+    assert weights_warning(TRAINED) is None
+    assert weights_warning(UNTRAINED) == "UNTRAINED"
+    assert weights_warning(None) == "UNVERIFIED weights"
+    trained, untrained = (explorer((model, p), images=photos) for p in (TRAINED, UNTRAINED))
+    assert explorer(model, images=photos).warning == "UNVERIFIED weights"
+
+    def red_in_titles(demo):
+        pixels = np.asarray(demo.panels.picture).astype(int)  # (height, width, 3)
+        x, y = demo.panels.origins[0]
+        titles = pixels[:y]  # everything above the first panel: the title lines
+        return ((titles[..., 0] > 150) & (titles[..., 1] < 80) & (titles[..., 2] < 80)).sum()
+
+    assert red_in_titles(untrained) > 50 and red_in_titles(trained) == 0
+    assert untrained.summary_figure.axes[0].title.get_color() == "red"
+
+
+def test_head_panels_colour_each_map_from_zero_to_its_max_and_outline_the_query():
+    crop = Image.new("RGB", (64, 64), (128, 128, 128))
+    maps = torch.zeros(2, 4, 4)
+    maps[0, 1, 2] = 0.5  # head 0: its maximum at row 1, col 2
+    maps[1] = 0.25       # head 1: flat
+    maps[1, 3, 0] = 1.0
+    panels = draw_head_panels(crop, maps, (2, 3), heads=[0, 1], panel_px=64, alpha=1.0)
+    pixels = np.asarray(panels.picture).astype(int)
+    k = panels.patch_px
+    lut = colormaps["inferno"]
+
+    def patch_colour(panel, row, col):
+        x, y = panels.origins[panel]
+        return pixels[y + row * k + k // 2, x + col * k + k // 2]
+
+    top, bottom = (np.round(np.array(lut(v)[:3]) * 255) for v in (1.0, 0.0))
+    assert np.abs(patch_colour(0, 1, 2) - top).max() <= 1, "a panel's maximum takes the top colour"
+    assert np.abs(patch_colour(0, 0, 0) - bottom).max() <= 1, "zero takes the bottom colour"
+    assert np.abs(patch_colour(1, 3, 0) - top).max() <= 1
+    quarter = np.round(np.array(lut(0.25)[:3]) * 255)
+    assert np.abs(patch_colour(1, 0, 0) - quarter).max() <= 1, "the scale starts at 0, not at the map's minimum"
+    x, y = panels.origins[1]
+    assert (pixels[y + 2 * k + 1, x + 3 * k + k // 2] == [0, 255, 255]).all(), "query (row 2, col 3) outlined"
+    strip_x = x + 4 * k + 6 + 7
+    assert np.abs(pixels[y, strip_x] - top).max() <= 1 and np.abs(pixels[y + 4 * k - 1, strip_x] - bottom).max() <= 1
+    assert plot_head_panels(panels).axes[0].get_images()[0].get_array().shape[:2] == pixels.shape[:2]
+
+
+_PICKER_PAGE = """<!DOCTYPE html>
+<html><body><div id="root" style="width: 280px"></div><pre id="result"></pre>
+<script type="module">
+const source = SOURCE;
+const module = await import(URL.createObjectURL(new Blob([source], {type: "text/javascript"})));
+const state = {src: PICTURE, grid: [GH, GW], cell: [0, 0]};
+const calls = [];
+const model = {get: (key) => state[key], set: (key, value) => { state[key] = value; calls.push([key, value]); },
+               on: () => {}, save_changes: () => calls.push(["save_changes"])};
+const el = document.getElementById("root");
+module.default.render({model, el});
+const img = el.querySelector("img");
+await new Promise((resolve) => img.complete ? resolve() : img.addEventListener("load", resolve));
+const box = img.getBoundingClientRect();
+for (const [row, col] of CLICKS) {
+  img.dispatchEvent(new MouseEvent("click", {bubbles: true,
+    clientX: box.left + (col + 0.5) * box.width / GW, clientY: box.top + (row + 0.5) * box.height / GH}));
+}
+document.getElementById("result").textContent = JSON.stringify({calls, width: box.width, natural: img.naturalWidth});
+</script></body></html>
+"""
+
+
+def test_the_picker_turns_a_click_in_the_browser_into_the_patch_under_it(tmp_path):
+    """The picker's own JavaScript in headless Chromium, the picture shown smaller than its pixels."""
+    import base64
+    import json
+    import os
+    import re
+
+    from vit_inspect.attention_explorer import _PICKER_ESM
+    from vit_inspect.export import dump_dom, find_chromium
+    from vit_inspect.plotting import image_bytes, patch_picker_image
+
+    if find_chromium() is None:
+        if os.environ.get("VIT_INSPECT_REQUIRE_CHROMIUM"):
+            pytest.fail("VIT_INSPECT_REQUIRE_CHROMIUM is set but chromium is not on PATH")
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium); CI installs it and runs this")
+    grid = (7, 10)  # not square, so a transposed row/column cannot pass
+    picture = patch_picker_image(Image.new("RGB", (160, 112), (90, 120, 30)), grid, (0, 0), patch_px=36)
+    url = "data:image/png;base64," + base64.b64encode(image_bytes(picture)).decode("ascii")
+    clicks = [[3, 8], [6, 0], [0, 9]]
+    page = tmp_path / "picker.html"
+    page.write_text(_PICKER_PAGE.replace("SOURCE", json.dumps(_PICKER_ESM)).replace("PICTURE", json.dumps(url))
+                    .replace("GH", str(grid[0])).replace("GW", str(grid[1])).replace("CLICKS", json.dumps(clicks)))
+    found = re.search(r'<pre id="result">(.*?)</pre>', dump_dom(page), flags=re.DOTALL)
+    result = json.loads(found.group(1).replace("&quot;", '"'))
+    assert result["width"] == 280 and result["natural"] == 360, "drawn smaller than its natural size"
+    assert result["calls"] == [item for click in clicks for item in (["cell", click], ["save_changes"])]

@@ -1,0 +1,265 @@
+"""Student versions (make homework) and the self-check (vit-inspect check) on small homework notebooks.
+
+The notebooks come from tests/homework_notebooks.py: the five course tasks on the tiny
+untrained ViT, solved, blanked by the converter, or with the course's classic mistakes.
+Each `check` runs one fresh kernel; there are four such runs in this file.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from vit_inspect.cli import main
+from vit_inspect.errors import VitInspectError
+from vit_inspect.homework import (BEGIN_SOLUTION, CODE_STUB, END_SOLUTION, TEXT_STUB, CheckReport, check_notebook,
+                                  error_of, format_report, has_solutions, student_version, write_homework)
+
+from .homework_notebooks import MISTAKES, TASK_CODE, solution_notebook
+
+CLASSIC = ("patch_split", "qkv_split", "attention")  # the course's three classic mistakes, in MISTAKES
+
+ROOT = Path(__file__).resolve().parent.parent
+TASK_NAMES = list(TASK_CODE)
+
+
+def solution_lines(notebook) -> list[str]:
+    """The non-blank lines strictly inside solution regions, and whole nbgrader answers."""
+    lines = []
+    for cell in notebook.cells:
+        if cell.get("metadata", {}).get("nbgrader", {}).get("solution") and BEGIN_SOLUTION not in cell.source:
+            lines += [line for line in cell.source.splitlines() if line.strip()]
+        inside = False
+        for line in cell.source.splitlines():
+            if line.strip() in (BEGIN_SOLUTION, END_SOLUTION):
+                inside = line.strip() == BEGIN_SOLUTION
+            elif inside and line.strip():
+                lines.append(line)
+    return lines
+
+
+def code_lines(notebook) -> list[str]:
+    return [line for cell in notebook.cells for line in cell.source.splitlines()]
+
+
+# ---------------------------------------------------------------- student versions
+
+def test_student_version_leaves_no_solution_text():
+    solved = solution_notebook()
+    student = student_version(solved)
+    left = set(solution_lines(solved)) & set(code_lines(student))
+    assert not left, f"solution text left in the student version: {sorted(left)[:3]}"
+    text = "\n".join(cell.source for cell in student.cells)
+    assert BEGIN_SOLUTION not in text and END_SOLUTION not in text
+    assert text.count(CODE_STUB) == len(TASK_CODE), "one stub per solution region"
+    assert [c.source for c in student.cells if c.cell_type == "markdown" and "nbgrader" in c.metadata] == \
+        [TEXT_STUB, TEXT_STUB], "each 'explain this result' answer becomes YOUR ANSWER HERE"
+
+
+def test_student_version_keeps_the_asserts_and_every_given_line():
+    solved = solution_notebook()
+    student_lines = code_lines(student_version(solved))
+    given = [line for line in code_lines(solved) if line not in solution_lines(solved)
+             and line.strip() not in (BEGIN_SOLUTION, END_SOLUTION)]
+    assert [line for line in student_lines if line not in CODE_STUB.splitlines() + [TEXT_STUB]] == given
+    asserts = [line for line in given if line.lstrip().startswith(("assert", "assert_close"))]
+    assert len(asserts) == 6 and all(line in student_lines for line in asserts)
+
+
+def test_student_version_clears_outputs_and_keeps_task_metadata():
+    solved = solution_notebook()
+    kept = solved.cells[2]
+    kept.metadata["tags"] = ["nbval-check-output"]
+    kept.outputs = [nbformat.v4.new_output("stream", name="stdout", text="UNTRAINED ...\n")]
+    kept.execution_count = 3
+    student = student_version(solved)
+    assert all(c.outputs == [] and c.execution_count is None for c in student.cells if c.cell_type == "code")
+    assert [c.metadata.get("vit_inspect", {}).get("task") for c in student.cells if "vit_inspect" in c.metadata] \
+        == TASK_NAMES
+    assert solved.cells[2].outputs, "the solution notebook itself is not changed"
+
+
+def test_stubs_take_the_indentation_of_their_markers():
+    cell = new_code_cell("def f(x):\n    y = x + 1\n    ### BEGIN SOLUTION\n    return y\n    ### END SOLUTION")
+    student = student_version(new_notebook(cells=[cell]))
+    assert student.cells[0].source == "def f(x):\n    y = x + 1\n    # YOUR CODE HERE\n    raise NotImplementedError()"
+
+
+def test_nbgrader_solution_cells_without_markers_are_replaced_whole():
+    cells = [new_code_cell("answer = 42", metadata={"nbgrader": {"solution": True}}),
+             new_markdown_cell("Because ...", metadata={"nbgrader": {"solution": True}}),
+             new_markdown_cell("**Explain** why.\n\n### BEGIN SOLUTION\nBecause ...\n### END SOLUTION")]
+    student = student_version(new_notebook(cells=cells))
+    assert [c.source for c in student.cells] == [CODE_STUB, TEXT_STUB, f"**Explain** why.\n\n{TEXT_STUB}"]
+
+
+@pytest.mark.parametrize("source, problem", [
+    ("### BEGIN SOLUTION\nx = 1", "without an ### END SOLUTION"),
+    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\nx = 1\n### END SOLUTION", "inside another"),
+    ("x = 1\n### END SOLUTION", "without a ### BEGIN SOLUTION"),
+])
+def test_broken_markers_name_the_notebook_and_cell(source, problem):
+    notebook = new_notebook(cells=[new_markdown_cell("# t"), new_code_cell(source)])
+    with pytest.raises(VitInspectError, match=rf"^01_x\.ipynb cell 1: .*{problem}"):
+        student_version(notebook, "01_x.ipynb")
+
+
+def write(path: Path, notebook) -> Path:
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_write_homework_never_overwrites_without_force(tmp_path):
+    solved = write(tmp_path / "01_tasks.ipynb", solution_notebook())
+    plain = write(tmp_path / "02_plain.ipynb", new_notebook(cells=[new_code_cell("x = 1")]))
+    out = tmp_path / "homework"
+    assert write_homework([solved, plain], out) == [out / "01_tasks.ipynb"], "no markers: skipped"
+    (out / "01_tasks.ipynb").write_text("the student's work")
+    with pytest.raises(VitInspectError, match="exists .*--force"):
+        write_homework([solved], out)
+    assert (out / "01_tasks.ipynb").read_text() == "the student's work"
+    write_homework([solved], out, force=True)
+    assert has_solutions(solved_nb := nbformat.read(solved, as_version=4))
+    assert nbformat.read(out / "01_tasks.ipynb", as_version=4) == student_version(solved_nb, "01_tasks.ipynb")
+
+
+def test_write_homework_refuses_what_it_cannot_do(tmp_path):
+    plain = write(tmp_path / "plain.ipynb", new_notebook(cells=[new_code_cell("x = 1")]))
+    with pytest.raises(VitInspectError, match="none of the 1 notebooks has solution markers"):
+        write_homework([plain], tmp_path / "out")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(VitInspectError, match="not a folder"):
+        write_homework([plain], tmp_path / "file")
+    with pytest.raises(VitInspectError, match="missing.ipynb: no such notebook"):
+        write_homework([tmp_path / "missing.ipynb"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_make_homework_script(tmp_path):
+    solved = write(tmp_path / "01_tasks.ipynb", solution_notebook())
+    out = tmp_path / "homework"
+    command = [sys.executable, str(ROOT / "scripts" / "make_homework.py"), "--out", str(out), str(solved)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    student = nbformat.read(out / "01_tasks.ipynb", as_version=4)
+    assert "colab-setup" in student.cells[1].metadata["tags"], "the student version carries the Colab cell"
+    assert "Open In Colab" not in student.cells[0].source, "outside the repository there is no address to link"
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "--force" in again.stderr
+    forced = subprocess.run(command + ["--force"], capture_output=True, text=True, env=env, timeout=120)
+    assert forced.returncode == 0, forced.stderr
+
+
+# ---------------------------------------------------------------- the self-check
+
+def rows(output: str) -> dict[str, list[str]]:
+    """Table rows by task title: the row and, for a failure, its advice line."""
+    lines = output.splitlines()
+    found = {}
+    for i, line in enumerate(lines):
+        if re.match(r"\s+In \[\d+\]\s", line):  # not "In [12]: NameError" under "other cells"
+            title = line.split("]", 1)[1].strip().split("  ")[0]
+            found[title] = [line] + ([lines[i + 1]] if i + 1 < len(lines) and "advice:" in lines[i + 1] else [])
+    return found
+
+
+def test_check_of_a_solved_notebook_passes_every_task(tmp_path, capsys):
+    path = write(tmp_path / "solved.ipynb", solution_notebook())
+    assert main(["check", str(path)]) == 0
+    output = capsys.readouterr().out
+    table = rows(output)
+    assert len(table) == 5 and all("PASS" in row[0] and len(row) == 1 for row in table.values()), output
+    assert "UNTRAINED" in output and "5 of 5 tasks pass." in output and "Traceback" not in output
+
+
+def test_check_of_the_blank_notebook_fails_every_task_clearly(tmp_path, capsys):
+    path = write(tmp_path / "blank.ipynb", student_version(solution_notebook()))
+    assert main(["check", str(path)]) == 1
+    output = capsys.readouterr().out
+    table = rows(output)
+    assert len(table) == 5, output
+    for row, advice in table.values():
+        assert "FAIL" in row and "NotImplementedError (line" in row and "raise NotImplementedError()" in row
+        assert "not solved yet" in advice
+    assert "0 of 5 tasks pass." in output and "Traceback" not in output
+    assert "other cells that raised" not in output, "the reference took the place of each blank's variables"
+
+
+@pytest.fixture(scope="module")
+def mistakes_report(tmp_path_factory) -> CheckReport:
+    path = tmp_path_factory.mktemp("mistakes") / "mistakes.ipynb"
+    write(path, solution_notebook(MISTAKES, extra_cells=("print(no_such_name)",)))
+    return check_notebook(path)
+
+
+def test_check_names_each_classic_mistake(mistakes_report):
+    results = {task["task"]: task for task in mistakes_report.tasks}
+    assert list(results) == TASK_NAMES
+    assert {name: results[name]["mistake"] for name in CLASSIC} == \
+        {"patch_split": "original_image", "qkv_split": "skip_norm1", "attention": "no_scale"}
+    assert [results[name]["status"] for name in TASK_NAMES] == ["fail", "fail", "fail", "fail", "pass"]
+    similarity, = results["pos_similarity"]["checks"]
+    assert similarity["status"] == "missing", "a value left by an earlier cell must not pass for the student's"
+    assert results["patch_split"]["error"].startswith("AssertionError: one row of C*P*P values per patch (line")
+    assert results["qkv_split"]["error"] is None, "a mistake that raises nothing is found by its values"
+
+
+def test_check_table_gives_one_line_of_advice_per_failure(mistakes_report):
+    output = format_report(mistakes_report)
+    table = rows(output)
+    assert "un-resized" in table["patch split"][1] and "LayerNorm" in table["qkv reshape and split"][1]
+    assert "1/sqrt(d)" in table["scaled softmax attention"][1]
+    assert [len(row) for row in table.values()] == [2, 2, 2, 2, 1]
+    assert "In [12]: NameError: name 'no_such_name' is not defined (line 1: print(no_such_name))" in output
+    assert "1 of 5 tasks pass." in output and "Traceback" not in output
+
+
+def test_check_survives_a_kernel_that_dies(tmp_path):
+    cells = [new_markdown_cell("# t"), new_code_cell("import os"),
+             new_code_cell("os._exit(1)", metadata={"vit_inspect": {"task": "patch_split"}}),
+             new_code_cell("patches = 1", metadata={"vit_inspect": {"task": "patch_split"}})]
+    report = check_notebook(write(tmp_path / "dies.ipynb", new_notebook(cells=cells)))
+    assert report.stopped.startswith("the kernel died at In [2]") and "not run" in report.tasks[1]["advice"]
+    assert [task["status"] for task in report.tasks] == ["fail", "fail"]
+    assert "the kernel died" in format_report(report)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing.ipynb", "no such file"),
+    (lambda d: d, "is a directory"),
+    (lambda d: (d / "notes.txt").write_text("x") and d / "notes.txt", "not a notebook (expected a .ipynb"),
+    (lambda d: (d / "bad.ipynb").write_text("{not json") and d / "bad.ipynb", "not a readable notebook"),
+    (lambda d: write(d / "plain.ipynb", new_notebook(cells=[new_code_cell("x = 1")])), "no cell is a homework task"),
+])
+def test_check_argument_errors_are_one_line(tmp_path, capsys, make, message):
+    assert main(["check", str(make(tmp_path))]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vit-inspect: error: ") and message in err[0]
+
+
+def test_check_argument_errors_import_no_torch(tmp_path):
+    code = (f"import sys\nfrom vit_inspect.cli import main\nassert main(['check', {str(tmp_path / 'x.ipynb')!r}]) == 1\n"
+            "assert not {'torch', 'timm'} & set(sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+
+
+def test_error_line_comes_from_the_students_cell():
+    cell = new_code_cell("a = 1\nq = qkv.reshape(1, 197, 3, 12, 64)  # (B, N, 3, H, d)\nb = 2")
+    cell.outputs = [nbformat.v4.new_output("error", ename="RuntimeError", evalue="shape '[1, 197, 3, 12, 64]' is "
+                                           "invalid for input of size 10", traceback=[
+        "\x1b[0;31mRuntimeError\x1b[0m  Traceback (most recent call last)",
+        "Cell \x1b[0;32mIn[7], line 3\x1b[0m\n\x1b[1;32m----> 3\x1b[0m b = f()",
+        "Cell \x1b[0;32mIn[7], line 2\x1b[0m\n\x1b[1;32m----> 2\x1b[0m q = qkv.reshape(...)",
+        "File torch/_tensor.py, line 99, in reshape"])]
+    assert error_of(cell) == ("RuntimeError: shape '[1, 197, 3, 12, 64]' is invalid for input of size 10 "
+                              "(line 2: q = qkv.reshape(1, 197, 3, 12, 64)  # (B, N, 3, H, d))")
+    assert error_of(new_code_cell("x = 1")) is None

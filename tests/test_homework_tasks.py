@@ -1,0 +1,287 @@
+"""The self-check's kernel side: right answers pass, each classic mistake is named, nothing raises.
+
+Students' tensors are computed here by hand, independently of the references in
+homework_tasks.py, so a wrong reference fails these tests.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import to_tensor
+
+from vit_inspect import create_untrained, load_image, preprocess, sample_images, tokens_with_position
+from vit_inspect.homework_tasks import (TASKS, _same_ranking, check_task, forget_outputs, helpers_called,
+                                        same, same_up_to_channel_affine)
+
+P = 16
+
+
+def givens(model) -> dict:
+    """What a notebook's given cells define, and every student answer below is built from."""
+    with torch.no_grad():
+        image_path = next(p for p in sample_images() if p.name == "chelsea.png")
+        x = preprocess(image_path, model).tensor  # (B, C, H, W)
+        block = model.blocks[0]
+        z0 = tokens_with_position(model, model.patch_embed(x))  # (B, N, D)
+        stream = model.blocks(z0)  # (B, N, D)
+    return {"model": model, "image_path": image_path, "x": x, "block": block, "z0": z0, "stream": stream}
+
+
+@pytest.fixture(scope="module")
+def given(tiny):
+    return givens(tiny)
+
+
+def cut(images: torch.Tensor, order: str = "c s1 s2") -> torch.Tensor:
+    B, C, H, W = images.shape
+    grid = images.reshape(B, C, H // P, P, W // P, P)  # (B, C, gh, P, gw, P)
+    permuted = grid.permute(0, 2, 4, 1, 3, 5) if order == "c s1 s2" else grid.permute(0, 2, 4, 3, 5, 1)
+    return permuted.reshape(B, (H // P) * (W // P), C * P * P)  # (B, N, C*P*P)
+
+
+def qkv_split(g, normed: bool = True, three_first: bool = True) -> dict:
+    attn = g["block"].attn
+    B, N, D = g["z0"].shape
+    H, d = attn.num_heads, attn.head_dim
+    qkv = attn.qkv(g["block"].norm1(g["z0"]) if normed else g["z0"])  # (B, N, 3*D)
+    if three_first:
+        heads = qkv.reshape(B, N, 3, H, d)  # (B, N, 3, H, d)
+        q, k, v = heads.permute(2, 0, 3, 1, 4)  # each (B, H, N, d)
+    else:
+        heads = qkv.reshape(B, N, H, 3, d)  # (B, N, H, 3, d)
+        q, k, v = heads.permute(3, 0, 2, 1, 4)  # each (B, H, N, d)
+    return {"qkv_heads": heads, "q": q, "k": k, "v": v}
+
+
+def attention(g, scale: float | None = None, softmax_dim: int = -1, normed: bool = True) -> dict:
+    s = qkv_split(g, normed)
+    d = s["q"].shape[-1]
+    scores = s["q"] @ s["k"].transpose(-2, -1) * (d ** -0.5 if scale is None else scale)  # (B, H, N, N)
+    return {"scores": scores, "A": scores.softmax(dim=softmax_dim)}  # (B, H, N, N)
+
+
+def similarity(g, with_class: bool = False, normalise_dim: int | None = -1) -> dict:
+    embeddings = g["model"].pos_embed[0] if with_class else g["model"].pos_embed[0, 1:]  # (N, D)
+    unit = embeddings if normalise_dim is None else F.normalize(embeddings, dim=normalise_dim)
+    sims = unit @ unit.T  # (N, N)
+    return {"similarity": sims if with_class else sims.reshape(14, 14, 14, 14)}  # (gh, gw, gh, gw)
+
+
+def head(g, pooled: torch.Tensor | None = None, softmax: bool = True) -> dict:
+    model = g["model"]
+    y = model.norm(g["stream"])[:, 0] if pooled is None else pooled  # (B, D)
+    logits = y @ model.head.weight.T + model.head.bias  # (B, C)
+    probs = logits.softmax(dim=-1)  # (B, C)
+    top = probs.topk(5, dim=-1)
+    return {"logits": logits, "probs": probs, "top5_indices": top.indices,
+            "top5_probs": top.values if softmax else logits.topk(5, dim=-1).values}
+
+
+def width(g) -> int:
+    """D, the model width: 192 for ViT-Ti, 768 for ViT-B."""
+    return g["z0"].shape[-1]
+
+
+def photo(g, squash: bool = False) -> torch.Tensor:
+    image = load_image(g["image_path"])
+    pixels = to_tensor(image.resize((224, 224)) if squash else image)  # (C, H, W)
+    if not squash:
+        pixels = pixels[:, :pixels.shape[1] // P * P, :pixels.shape[2] // P * P]
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    return ((pixels - mean) / std).unsqueeze(0)  # (B, C, H, W), ImageNet constants copied by hand
+
+
+RIGHT = {
+    "patch_split": lambda g: {"patches": cut(g["x"])},
+    "qkv_split": qkv_split,
+    "attention": attention,
+    "pos_similarity": similarity,
+    "top5": head,
+}
+
+MISTAKEN = {  # (task, mistake) -> the student's variables, computed the mistaken way
+    ("patch_split", "channels_last"): lambda g: {"patches": cut(g["x"], "s1 s2 c")},
+    ("patch_split", "column_major"): lambda g: {"patches": cut(g["x"].transpose(-2, -1)).reshape(1, 14, 14, 3, P, P)
+                                                .transpose(-2, -1).reshape(1, 196, -1)},
+    ("patch_split", "other_normalisation"): lambda g: {"patches": cut(g["x"] * 0.5 + 0.5)},
+    ("patch_split", "squashed_image"): lambda g: {"patches": cut(photo(g, squash=True))},
+    ("patch_split", "original_image"): lambda g: {"patches": cut(photo(g))},
+    ("qkv_split", "skip_norm1"): lambda g: qkv_split(g, normed=False),
+    ("qkv_split", "heads_then_three"): lambda g: qkv_split(g, three_first=False),
+    ("qkv_split", "q_k_swapped"): lambda g: (lambda s: {**s, "q": s["k"], "k": s["q"]})(qkv_split(g)),
+    ("qkv_split", "no_permute"): lambda g: (lambda s: {**s, **dict(zip("qkv", s["qkv_heads"].unbind(2)))})(qkv_split(g)),
+    ("attention", "divide_after_softmax"): lambda g: (lambda a: {**a, "A": a["A"] / math.sqrt(width(g))})(attention(g, 1.0)),
+    ("attention", "no_scale"): lambda g: attention(g, scale=1.0),
+    ("attention", "scale_by_sqrt_D"): lambda g: attention(g, scale=width(g) ** -0.5),
+    ("attention", "no_softmax"): lambda g: (lambda a: {**a, "A": a["scores"]})(attention(g)),
+    ("attention", "softmax_over_queries"): lambda g: attention(g, softmax_dim=-2),
+    ("attention", "skip_norm1"): lambda g: attention(g, normed=False),
+    ("pos_similarity", "with_class_token"): lambda g: similarity(g, with_class=True),
+    ("pos_similarity", "dot_product"): lambda g: similarity(g, normalise_dim=None),
+    ("pos_similarity", "normalised_over_positions"): lambda g: similarity(g, normalise_dim=0),
+    ("top5", "mean_pooling"): lambda g: head(g, g["model"].norm(g["stream"])[:, 1:].mean(dim=1)),
+    ("top5", "mean_pooling_all"): lambda g: head(g, g["model"].norm(g["stream"]).mean(dim=1)),
+    ("top5", "no_final_norm"): lambda g: head(g, g["stream"][:, 0]),
+    ("top5", "first_patch"): lambda g: head(g, g["model"].norm(g["stream"])[:, 1]),
+    ("top5", "probs_are_logits"): lambda g: head(g, softmax=False),
+}
+
+
+def run(task: str, g: dict, answers: dict, source: str = "") -> tuple[dict, dict]:
+    with torch.no_grad():
+        namespace = {"model": g["model"], "image_path": g["image_path"], **answers}
+        return check_task(task, namespace, source), namespace
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_right_answers_pass(given, task):
+    with torch.no_grad():
+        answers = RIGHT[task](given)
+    result, _ = run(task, given, answers)
+    assert result["status"] == "pass", result
+    assert [c["status"] for c in result["checks"]] == ["match"] * len(TASKS[task].outputs)
+    assert result["advice"] is None and result["substituted"] == []
+
+
+@pytest.mark.parametrize("task", ["qkv_split", "attention"])
+def test_right_answers_pass_when_the_heads_are_not_three(task):
+    """With 3 heads, (B, N, 3, H, d) and (B, N, H, 3, d) are the same reshape: ViT-Ti/16 cannot tell them apart."""
+    four_heads = givens(create_untrained("vit_tiny_patch16_224", seed=0, num_heads=4, depth=2))
+    with torch.no_grad():
+        answers = RIGHT[task](four_heads)
+    assert answers["A" if task == "attention" else "q"].shape[1] == 4
+    assert run(task, four_heads, answers)[0]["status"] == "pass"
+    if task == "qkv_split":
+        with torch.no_grad():
+            wrong = MISTAKEN["qkv_split", "heads_then_three"](four_heads)
+        assert run(task, four_heads, wrong)[0]["mistake"] == "heads_then_three"
+
+
+def test_answers_without_the_batch_of_one_pass(given):
+    with torch.no_grad():
+        answers = {name: value[0] for name, value in qkv_split(given).items()}  # (197, 3, H, 64), (H, 197, 64)
+    assert run("qkv_split", given, answers)[0]["status"] == "pass"
+    flat = similarity(given)["similarity"].reshape(196, 196)  # (gh*gw, gh*gw)
+    assert run("pos_similarity", given, {"similarity": flat})[0]["status"] == "pass"
+
+
+def test_every_mistake_has_a_test():
+    assert set(MISTAKEN) == {(task.name, m.name) for task in TASKS.values() for m in task.mistakes}
+
+
+@pytest.mark.parametrize("task, mistake", MISTAKEN, ids=lambda v: v if isinstance(v, str) else None)
+def test_each_classic_mistake_fails_and_is_named(given, task, mistake):
+    with torch.no_grad():
+        answers = MISTAKEN[task, mistake](given)
+    result, _ = run(task, given, answers)
+    assert result["status"] == "fail"
+    assert result["mistake"] == mistake, result["advice"]
+    advice = next(m.advice for m in TASKS[task].mistakes if m.name == mistake)
+    assert result["advice"] == advice and "\n" not in advice
+
+
+def test_the_three_course_mistakes_are_worded_as_the_course_knows_them(given):
+    words = {("patch_split", "original_image"): "un-resized", ("qkv_split", "skip_norm1"): "LayerNorm",
+             ("attention", "no_scale"): "1/sqrt(d)"}
+    for (task, mistake), word in words.items():
+        with torch.no_grad():
+            result, _ = run(task, given, MISTAKEN[task, mistake](given))
+        assert word in result["advice"]
+
+
+def test_a_failed_task_leaves_the_reference_in_place_of_the_wrong_variables(given):
+    with torch.no_grad():
+        answers = MISTAKEN["qkv_split", "q_k_swapped"](given)
+        right = qkv_split(given)
+    result, namespace = run("qkv_split", given, answers)
+    assert result["substituted"] == ["q", "k"]
+    assert namespace["v"] is answers["v"], "a right variable is the student's own"
+    for name in ("q", "k"):
+        assert torch.allclose(namespace[name], right[name], atol=1e-5)
+
+
+def test_missing_wrong_type_and_wrong_shape_say_what_is_expected(given):
+    result, namespace = run("patch_split", given, {})
+    assert result["checks"][0]["status"] == "missing"
+    assert "`patches` (B, N, C*P*P) = (1, 196, 768)" in result["advice"]
+    assert namespace["patches"].shape == (1, 196, 768), "the reference takes its place"
+    result, _ = run("patch_split", given, {"patches": "a string"})
+    assert result["checks"][0]["status"] == "not_tensor" and "is a str" in result["advice"]
+    result, _ = run("patch_split", given, {"patches": cut(given["x"]).transpose(1, 2)})
+    assert result["checks"][0]["status"] == "shape" and "not (1, 768, 196)" in result["advice"]
+    result, _ = run("patch_split", given, {"patches": cut(given["x"]).roll(1, dims=1)})  # off by one patch
+    assert result["checks"][0]["status"] == "values" and "other values" in result["advice"]
+
+
+def test_calling_the_packages_helper_is_not_doing_it_by_hand(given):
+    source = "patches = patchify(x, P)  # (B, N, C*P*P)\nassert_close(patches, patchify_einops(x, P))"
+    assert helpers_called(TASKS["patch_split"], source) == ["patchify"]
+    result, _ = run("patch_split", given, {"patches": cut(given["x"])}, source)
+    assert result["status"] == "fail" and "by hand" in result["advice"] and "patchify" in result["advice"]
+    assert helpers_called(TASKS["patch_split"], "%time x = 1\nassert_close(cut(x), patchify(x, P))") == []
+
+
+def test_problems_of_the_checker_come_back_as_failures_not_exceptions(given):
+    result = check_task("patch_split", {"model": given["model"], "patches": cut(given["x"])})
+    assert result["status"] == "fail" and "no `image_path`" in result["advice"]
+    result = check_task("no_such_task", {})
+    assert result["status"] == "fail" and "patch_split" in result["advice"]
+    result = check_task("qkv_split", {"model": torch.nn.Linear(2, 2), "image_path": given["image_path"]})
+    assert result["status"] == "fail" and result["advice"].startswith("the checker could not compute the reference")
+
+
+def test_forget_outputs_drops_only_the_tasks_variables():
+    namespace = {"q": 1, "k": 2, "v": 3, "qkv_heads": 4, "model": 5, "q_8": 6}
+    forget_outputs("qkv_split", namespace)
+    assert namespace == {"model": 5, "q_8": 6}
+    forget_outputs("no_such_task", namespace)
+    forget_outputs("qkv_split", namespace, {"names": {"q": "q_8"}})
+    assert namespace == {"model": 5}
+
+
+def test_an_exercise_renames_variables_and_sets_the_patch_size(given):
+    """{"task": "patch_split", "patch_size": 32, "names": {...}}: the same check on other names and numbers."""
+    params = {"patch_size": 32, "names": {"patches": "patches_32", "model": "vit", "image_path": "photo"}}
+    namespace = {"vit": given["model"], "photo": given["image_path"], "patches": cut(given["x"])}
+    with torch.no_grad():
+        namespace["patches_32"] = given["x"].reshape(1, 3, 7, 32, 7, 32).permute(0, 2, 4, 1, 3, 5).reshape(1, 49, -1)
+        result = check_task("patch_split", namespace, params=params)
+    assert result["status"] == "pass" and result["checks"][0]["name"] == "patches_32"
+    namespace["patches_32"] = namespace["patches"]  # the 16-pixel patches where 32 were asked for
+    with torch.no_grad():
+        result = check_task("patch_split", namespace, params=params)
+    assert result["status"] == "fail" and "`patches_32` should be (B, N, C*P*P) = (1, 49, 3072)" in result["advice"]
+    assert result["substituted"] == ["patches_32"] and namespace["patches_32"].shape == (1, 49, 3072)
+    assert namespace["patches"].shape == (1, 196, 768), "the walk-through's own variable is left alone"
+
+
+def test_a_block_parameter_checks_another_block(given):
+    with torch.no_grad():
+        stream = given["model"].blocks[:5](given["z0"])  # (B, N, D), the input of block 5
+        deeper = qkv_split({**given, "block": given["model"].blocks[5], "z0": stream})
+        result = check_task("qkv_split", {"model": given["model"], "image_path": given["image_path"], **deeper},
+                            params={"block": 5})
+        assert result["status"] == "pass"
+        assert check_task("qkv_split", {"model": given["model"], "image_path": given["image_path"],
+                                        **qkv_split(given)}, params={"block": 5})["status"] == "fail"
+
+
+def test_top5_classes_that_tie_may_come_in_either_order():
+    probs = torch.tensor([[0.1, 0.3, 0.2, 0.2, 0.05, 0.15]])  # classes 2 and 3 tie
+    reference = {"probs": probs, "top5_probs": probs.topk(5).values}
+    expected = probs.topk(5).indices
+    swapped = expected.clone()
+    swapped[0, [1, 2]] = expected[0, [2, 1]]
+    assert _same_ranking(swapped, expected, reference)
+    assert not _same_ranking(torch.tensor([[1, 2, 3, 4, 0]]), expected, reference), "class 4 is not in the top 5"
+    assert not _same_ranking(probs.topk(5).values, expected, reference), "probabilities are not classes"
+
+
+def test_comparisons():
+    a = torch.randn(1, 4, 6, generator=torch.Generator().manual_seed(0))
+    assert same(a, a) and same(a[0], a) and not same(a[0, :2], a)
+    assert not same(a * (1 + 1e-3), a)
+    assert same_up_to_channel_affine(a * 2 + 1, a) and not same_up_to_channel_affine(a.flip(-1), a)

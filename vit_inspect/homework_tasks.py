@@ -1,0 +1,562 @@
+"""Homework self-check, kernel side: each task's reference and the mistakes it recognises.
+
+Shared tooling, not a notebook module. It serves ``vit-inspect check`` (see
+:mod:`vit_inspect.homework`), which executes a student's notebook and, right after each
+task cell, calls :func:`report_task` inside the student's own kernel. The reference is
+computed there with the package's helpers, from the same model and image the notebook
+uses (the kernel's ``model`` and ``image_path``), so it holds for any weights, trained or
+not. When a task fails, the student's tensor is compared with what each of the course's
+classic mistakes would give (qkv without norm1, no 1/sqrt(d), patches from the
+un-resized image, ...), and the advice names the first one that matches. A failed task's
+variables are then replaced by the reference, so each later task is checked on its own.
+
+A new task (an exercise with a reference) is one :class:`Task` entry in :data:`TASKS`.
+"""
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms.functional import to_tensor
+
+from .attention_by_hand import self_attention_by_hand
+from .classification_head import head_by_hand
+from .encoder_stack import linear_by_hand, run_blocks_one_at_a_time
+from .images import data_config_of, load_image, preprocess
+from .model_info import patch_size_of
+from .patches import patchify
+from .position_embeddings import patch_pos_embed, pos_embed_similarity, tokens_with_position
+
+RESULT_MIME = "application/vnd.vit-inspect.check+json"
+RELATIVE_TOLERANCE = 1e-4  # ||student - reference|| / ||reference||: float32 round-off, not a mistake
+AFFINE_TOLERANCE = 0.05    # residual of a per-channel a * x + b fit: "the same pixels, scaled otherwise"
+
+Tensors = dict[str, torch.Tensor]
+_MISSING = object()  # a variable the student's cell did not assign
+
+
+class MissingGiven(Exception):
+    """The notebook did not define a variable the reference needs (``model``, ``image_path``)."""
+
+
+# ---------------------------------------------------------------- context
+
+def variable(name: str, params: dict[str, Any]) -> str:
+    """The notebook's name for ``name``: an exercise may rename (``{"names": {"patches": "patches_32"}}``)."""
+    return params.get("names", {}).get(name, name)
+
+
+class Context:
+    """What the notebook gave the task: its model and image, and the reference inputs built from them.
+
+    ``params`` come from the task cell's metadata: ``block`` (default 0), ``patch_size``
+    (default the model's) and ``names`` (the notebook's names for the model, the image
+    and the task's variables, where an exercise uses others).
+    """
+
+    def __init__(self, namespace: dict[str, Any], params: dict[str, Any]):
+        self.namespace, self.params = namespace, params
+
+    def given(self, name: str) -> Any:
+        name = variable(name, self.params)
+        if name not in self.namespace:
+            raise MissingGiven(name)
+        return self.namespace[name]
+
+    @property
+    def model(self) -> nn.Module:
+        return self.given("model")
+
+    @cached_property
+    def pre(self):
+        return preprocess(self.given("image_path"), self.model)
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.pre.tensor  # (B, C, H, W)
+
+    @property
+    def P(self) -> int:
+        return self.params.get("patch_size") or patch_size_of(self.model)
+
+    @property
+    def block(self) -> nn.Module:
+        return self.model.blocks[self.params.get("block", 0)]
+
+    @cached_property
+    def block_input(self) -> torch.Tensor:
+        z = tokens_with_position(self.model, self.model.patch_embed(self.x))  # (B, N, D)
+        return self.model.blocks[:self.params.get("block", 0)](self.model.norm_pre(z))  # (B, N, D)
+
+    def attention(self, mistake: str | None = None) -> Tensors:
+        return self_attention_by_hand(self.block, self.block_input, mistake)
+
+    @cached_property
+    def stream(self) -> torch.Tensor:
+        return run_blocks_one_at_a_time(self.model, self.x)["stream"][-1]  # (B, N, D)
+
+
+# ---------------------------------------------------------------- comparing
+
+def as_tensor(value: Any) -> torch.Tensor | None:
+    """The student's value as a tensor (numbers, lists and arrays too); None if it is not one."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def batch_views(expected: torch.Tensor) -> list[torch.Tensor]:
+    """Shapes a student may use: as is, or without a leading batch of 1 ((197, 3, 12, 64))."""
+    views = [expected]
+    if expected.ndim > 1 and expected.shape[0] == 1:
+        views.append(expected[0])
+    return views
+
+
+def grid_views(expected: torch.Tensor) -> list[torch.Tensor]:
+    """(gh, gw, gh, gw) similarity tiles, or the same as one (gh*gw, gh*gw) matrix (either way round)."""
+    if expected.ndim == 4:
+        gh, gw = expected.shape[:2]
+        return [expected, expected.reshape(gh * gw, gh * gw)]  # (gh*gw, gh*gw)
+    side = math.isqrt(expected.shape[-1])
+    if expected.ndim == 2 and side * side == expected.shape[-1]:
+        return [expected, expected.reshape(side, side, side, side)]  # (gh, gw, gh, gw), square grids
+    return [expected]
+
+
+def fitted(student: torch.Tensor, expected: torch.Tensor, views: Callable) -> torch.Tensor | None:
+    """The view of ``expected`` with the student's shape, or None."""
+    return next((view for view in views(expected) if view.shape == student.shape), None)
+
+
+def relative_error(student: torch.Tensor, expected: torch.Tensor) -> float:
+    expected = expected.double()
+    return float((student.double() - expected).norm() / expected.norm().clamp_min(1e-12))
+
+
+def same(student: torch.Tensor, expected: torch.Tensor, views: Callable = batch_views) -> bool:
+    """Same shape (up to the allowed views) and the same values up to float32 round-off."""
+    view = fitted(student, expected, views)
+    if view is None:
+        return False
+    if not (view.is_floating_point() or student.is_floating_point()):
+        return torch.equal(student.long(), view.long())
+    return relative_error(student, view) <= RELATIVE_TOLERANCE
+
+
+def same_shape(student: torch.Tensor, expected: torch.Tensor, views: Callable = batch_views) -> bool:
+    return fitted(student, expected, views) is not None
+
+
+def same_up_to_channel_affine(student: torch.Tensor, expected: torch.Tensor, views: Callable = batch_views) -> bool:
+    """Patches (..., C*P*P) in (c s1 s2) order equal per channel up to a * x + b: other normalisation."""
+    view = fitted(student, expected, views)
+    if view is None or not student.is_floating_point():
+        return False
+    C = 3
+    s = student.double().reshape(-1, C, view.shape[-1] // C).transpose(0, 1).reshape(C, -1)  # (C, values)
+    e = view.double().reshape(-1, C, view.shape[-1] // C).transpose(0, 1).reshape(C, -1)  # (C, values)
+    design = torch.stack([e, torch.ones_like(e)], dim=-1)  # (C, values, 2)
+    coef = torch.linalg.lstsq(design, s.unsqueeze(-1)).solution  # (C, 2, 1)
+    residual = (design @ coef).squeeze(-1) - s  # (C, values)
+    return float(residual.norm() / s.norm().clamp_min(1e-12)) <= AFFINE_TOLERANCE
+
+
+# ---------------------------------------------------------------- tasks
+
+@dataclass(frozen=True)
+class Mistake:
+    """A classic mistake: what it would give (some of the task's outputs) and the advice that names it."""
+
+    name: str
+    advice: str
+    outputs: Callable[[Context], Tensors]
+    match: Callable[..., bool] = same
+
+
+@dataclass(frozen=True)
+class Task:
+    """One homework task: the variables the student's cell must assign, and how to check them."""
+
+    name: str
+    title: str
+    outputs: dict[str, str]                 # variable -> its shape in the legend's letters
+    reference: Callable[[Context], Tensors]
+    hint: str                               # one line: how to get it right
+    mistakes: tuple[Mistake, ...] = ()
+    by_hand: tuple[str, ...] = ()           # helpers whose call would be the answer itself
+    views: Callable = batch_views
+    comparators: dict[str, Callable] = field(default_factory=dict)
+
+
+def _patch_reference(ctx: Context) -> Tensors:
+    return {"patches": patchify(ctx.x, ctx.P)}  # (B, N, C*P*P)
+
+
+def _normalised(ctx: Context, image) -> torch.Tensor:
+    """A PIL image as the model's normalised input, whatever its size: (B, C, H, W)."""
+    config = data_config_of(ctx.model)
+    mean, std = (torch.tensor(config[key]).view(3, 1, 1) for key in ("mean", "std"))
+    return ((to_tensor(image) - mean) / std).unsqueeze(0)  # (B, C, H, W)
+
+
+def _original_patches(ctx: Context) -> Tensors:
+    image = load_image(ctx.given("image_path"))
+    P = ctx.P
+    cropped = image.crop((0, 0, image.width // P * P, image.height // P * P))  # whole patches only
+    return {"patches": patchify(_normalised(ctx, cropped), P)}  # (B, N_photo, C*P*P)
+
+
+def _squashed_patches(ctx: Context) -> Tensors:
+    from PIL import Image
+
+    _, H, W = ctx.model.pretrained_cfg.get("input_size", (3, 224, 224))
+    squashed = load_image(ctx.given("image_path")).resize((W, H), Image.BICUBIC)
+    return {"patches": patchify(_normalised(ctx, squashed), ctx.P)}  # (B, N, C*P*P)
+
+
+def _column_major(ctx: Context) -> Tensors:
+    gh, gw = ctx.x.shape[-2] // ctx.P, ctx.x.shape[-1] // ctx.P
+    patches = patchify(ctx.x, ctx.P)  # (B, N, C*P*P)
+    B, N, V = patches.shape
+    return {"patches": patches.reshape(B, gh, gw, V).transpose(1, 2).reshape(B, N, V)}  # (B, N, C*P*P)
+
+
+def _patches_of_the_photo(student: torch.Tensor, expected: torch.Tensor, views: Callable = batch_views) -> bool:
+    """Same number of values per patch, but as many patches as the un-resized photo has."""
+    return student.shape[-1] == expected.shape[-1] and student.ndim >= 2 and student.shape[-2] == expected.shape[-2]
+
+
+PATCH_SPLIT = Task(
+    name="patch_split", title="patch split",
+    outputs={"patches": "(B, N, C*P*P)"},
+    reference=_patch_reference,
+    hint="reshape x (B, C, H, W) to (B, C, gh, P, gw, P), permute to (B, gh, gw, C, P, P), flatten each patch",
+    mistakes=(
+        Mistake("channels_last", "each patch is flattened channels last (s1 s2 c), but the conv weight "
+                "(D, C, P, P) reads channel first (c s1 s2)",
+                lambda ctx: {"patches": patchify(ctx.x, ctx.P, "s1 s2 c")}),
+        Mistake("column_major", "the patches are listed column by column; timm numbers them row by row "
+                "(patch n = row * gw + col)", _column_major),
+        Mistake("other_normalisation", "the pixels are scaled differently from x: cut the tensor that "
+                "preprocess returns (the model's own mean/std), not to_tensor alone or hand-copied constants",
+                _patch_reference, same_up_to_channel_affine),
+        Mistake("squashed_image", "patches from the photo resized to 224x224 as a whole: the model sees its "
+                "own resize + centre crop; cut x, the input preprocess returns",
+                _squashed_patches, same_up_to_channel_affine),
+        Mistake("original_image", "patches from the un-resized photo: cut the 224x224 input the model "
+                "receives (x from preprocess), not the original image", _original_patches,
+                _patches_of_the_photo),
+    ),
+    by_hand=("patchify", "patchify_einops", "patch_embed_by_hand"),
+)
+
+
+def _qkv_outputs(steps: Tensors, H: int, d: int) -> Tensors:
+    B, N, _ = steps["qkv"].shape
+    return {"qkv_heads": steps["qkv"].reshape(B, N, 3, H, d),  # (B, N, 3, H, d)
+            "q": steps["q"], "k": steps["k"], "v": steps["v"]}  # each (B, H, N, d)
+
+
+def _qkv_reference(ctx: Context, mistake: str | None = None) -> Tensors:
+    return _qkv_outputs(ctx.attention(mistake), ctx.block.attn.num_heads, ctx.block.attn.head_dim)
+
+
+def _heads_then_three(ctx: Context) -> Tensors:
+    qkv = ctx.attention()["qkv"]  # (B, N, 3*H*d)
+    B, N, _ = qkv.shape
+    heads = qkv.reshape(B, N, ctx.block.attn.num_heads, 3, ctx.block.attn.head_dim)  # (B, N, H, 3, d)
+    q, k, v = heads.permute(3, 0, 2, 1, 4)  # each (B, H, N, d)
+    return {"qkv_heads": heads, "q": q, "k": k, "v": v}
+
+
+def _no_permute(ctx: Context) -> Tensors:
+    heads = _qkv_reference(ctx)["qkv_heads"]  # (B, N, 3, H, d)
+    q, k, v = heads.unbind(2)  # each (B, N, H, d)
+    return {"q": q, "k": k, "v": v}
+
+
+QKV_SPLIT = Task(
+    name="qkv_split", title="qkv reshape and split",
+    outputs={"qkv_heads": "(B, N, 3, H, d)", "q": "(B, H, N, d)", "k": "(B, H, N, d)", "v": "(B, H, N, d)"},
+    reference=_qkv_reference,
+    hint="qkv = attn.qkv(block.norm1(z)); reshape to (B, N, 3, H, d); permute(2, 0, 3, 1, 4) gives q, k, v",
+    mistakes=(
+        Mistake("skip_norm1", "qkv was applied to z directly, skipping the block's LayerNorm: "
+                "the block computes MSA(LN(z)), so use block.norm1(z) first",
+                lambda ctx: _qkv_reference(ctx, "skip_norm1")),
+        Mistake("heads_then_three", "reshaped to (B, N, H, 3, d): the 3*D outputs hold all of q, then all of "
+                "k, then all of v, so reshape to (B, N, 3, H, d)", _heads_then_three),
+        Mistake("q_k_swapped", "q and k are swapped: the first third of the qkv output is q",
+                lambda ctx: {"q": ctx.attention()["k"], "k": ctx.attention()["q"]}),
+        Mistake("no_permute", "q, k, v are (B, N, H, d): permute so that the heads come before the tokens, "
+                "(B, H, N, d)", _no_permute, same_shape),
+    ),
+    by_hand=("self_attention_by_hand",),
+)
+
+
+def _attention_from(q: torch.Tensor, k: torch.Tensor, scale: float, dim: int = -1) -> Tensors:
+    scores = q @ k.transpose(-2, -1) * scale  # (B, H, N, N)
+    return {"scores": scores, "A": scores.softmax(dim=dim)}  # (B, H, N, N)
+
+
+def _attention_reference(ctx: Context) -> Tensors:
+    steps = ctx.attention()
+    return {"scores": steps["scores"], "A": steps["attn"]}  # (B, H, N, N)
+
+
+def _attention_mistake(ctx: Context, scale: Callable[[int, int], float], dim: int = -1) -> Tensors:
+    steps = ctx.attention()
+    B, N, D = ctx.block_input.shape
+    return _attention_from(steps["q"], steps["k"], scale(D, steps["q"].shape[-1]), dim)
+
+
+def _divide_after_softmax(ctx: Context) -> Tensors:
+    D = ctx.block_input.shape[-1]
+    wrong = _attention_mistake(ctx, lambda D, d: 1.0)
+    return {"scores": wrong["scores"], "A": wrong["A"] / math.sqrt(D)}  # (B, H, N, N)
+
+
+def _skip_norm1_attention(ctx: Context) -> Tensors:
+    steps = ctx.attention("skip_norm1")
+    return {"scores": steps["scores"], "A": steps["attn"]}  # (B, H, N, N)
+
+
+ATTENTION = Task(
+    name="attention", title="scaled softmax attention",
+    outputs={"scores": "(B, H, N, N)", "A": "(B, H, N, N)"},
+    reference=_attention_reference,
+    hint="scores = q @ k.transpose(-2, -1) / sqrt(d) with d = 64 per head; A = scores.softmax(dim=-1)",
+    mistakes=(
+        Mistake("divide_after_softmax", "divided by sqrt(D) after the softmax: scale the scores by 1/sqrt(d) "
+                "before it", _divide_after_softmax),
+        Mistake("no_scale", "the scores are not scaled by 1/sqrt(d) = 1/sqrt(64) before the softmax, which "
+                "makes it far too peaked", lambda ctx: _attention_mistake(ctx, lambda D, d: 1.0)),
+        Mistake("scale_by_sqrt_D", "scaled by 1/sqrt(D), the model width, instead of 1/sqrt(d), the size of "
+                "one head (64)", lambda ctx: _attention_mistake(ctx, lambda D, d: D ** -0.5)),
+        Mistake("no_softmax", "no softmax: A must be softmax(scores), each row a distribution over the keys",
+                lambda ctx: {"A": _attention_reference(ctx)["scores"]}),
+        Mistake("softmax_over_queries", "softmax over the wrong axis: each query's row over the keys must sum "
+                "to 1 (dim=-1)", lambda ctx: _attention_mistake(ctx, lambda D, d: d ** -0.5, dim=-2)),
+        Mistake("skip_norm1", "q and k come from z without the block's LayerNorm: use the q, k of "
+                "attn.qkv(block.norm1(z))", _skip_norm1_attention),
+    ),
+    by_hand=("self_attention_by_hand", "timm_attention_weights", "scaled_dot_product_attention", "capture"),
+)
+
+
+def _cosine(embeddings: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    unit = F.normalize(embeddings.double(), dim=dim)  # (N, D)
+    return (unit @ unit.T).float()  # (N, N)
+
+
+POS_SIMILARITY = Task(
+    name="pos_similarity", title="position-embedding similarity",
+    outputs={"similarity": "(gh, gw, gh, gw)"},
+    reference=lambda ctx: {"similarity": pos_embed_similarity(ctx.model)},  # (gh, gw, gh, gw)
+    hint="take pos_embed[0, 1:] (the patches), normalise each row to length 1, multiply by its transpose, "
+         "reshape to (gh, gw, gh, gw)",
+    mistakes=(
+        Mistake("with_class_token", "the class token's embedding (row 0 of pos_embed) is included: keep the "
+                "patches only, pos_embed[0, 1:]",
+                lambda ctx: {"similarity": _cosine(ctx.model.pos_embed.detach()[0])}, same_shape),
+        Mistake("dot_product", "dot products, not cosine similarity: normalise each embedding to length 1 "
+                "first", lambda ctx: {"similarity": (lambda e: e @ e.T)(patch_pos_embed(ctx.model))}),
+        Mistake("normalised_over_positions", "normalised along the wrong axis: each embedding (a row of D "
+                "numbers) must have length 1, F.normalize(..., dim=-1)",
+                lambda ctx: {"similarity": _cosine(patch_pos_embed(ctx.model), dim=0)}),
+    ),
+    by_hand=("pos_embed_similarity",),
+    views=grid_views,
+)
+
+
+def _head_outputs(logits: torch.Tensor) -> Tensors:
+    probs = logits.softmax(dim=-1)  # (B, C)
+    top = probs.topk(5, dim=-1)
+    return {"logits": logits, "probs": probs, "top5_probs": top.values, "top5_indices": top.indices}
+
+
+def _head_mistake(ctx: Context, pool: str) -> Tensors:
+    return _head_outputs(head_by_hand(ctx.model, ctx.stream, pool)["logits"])  # (B, C)
+
+
+def _same_ranking(student: torch.Tensor, expected: torch.Tensor, reference: Tensors,
+                  views: Callable = batch_views) -> bool:
+    """The same top-5 classes in order, up to classes whose probabilities tie to round-off."""
+    if fitted(student, expected, views) is None or student.is_floating_point():
+        return False
+    if same(student, expected, views):
+        return True
+    probs = reference["probs"].reshape(-1, reference["probs"].shape[-1])  # (B, C)
+    taken = probs.gather(1, student.reshape(probs.shape[0], -1).long())  # (B, 5)
+    return relative_error(taken, reference["top5_probs"].reshape(taken.shape)) <= RELATIVE_TOLERANCE
+
+
+TOP5 = Task(
+    name="top5", title="classification head and top-5",
+    outputs={"logits": "(B, C)", "probs": "(B, C)", "top5_probs": "(B, 5)", "top5_indices": "(B, 5)"},
+    reference=lambda ctx: _head_mistake(ctx, "token"),
+    hint="final norm on the stream, take the class token (index 0), apply the head, softmax, topk(5)",
+    mistakes=(
+        Mistake("mean_pooling", "mean pooling over the patch tokens: ViT-B/16 classifies from the class token "
+                "(index 0) after the final norm", lambda ctx: _head_mistake(ctx, "avg")),
+        Mistake("mean_pooling_all", "mean over all tokens (class token included), like a from-scratch course "
+                "head: ViT-B/16 uses the class token alone", lambda ctx: _head_mistake(ctx, "avg_all")),
+        Mistake("no_final_norm", "the class token went into the head without the final LayerNorm (model.norm): "
+                "y = LN(z_L^0)", lambda ctx: _head_outputs(linear_by_hand(ctx.model.head, ctx.stream[:, 0]))),
+        Mistake("first_patch", "token 1 is the first patch: the class token is token 0",
+                lambda ctx: _head_outputs(linear_by_hand(ctx.model.head, ctx.model.norm(ctx.stream)[:, 1]))),
+        Mistake("probs_are_logits", "top5_probs holds logits: take the top 5 of the softmax probabilities",
+                lambda ctx: {"top5_probs": _head_mistake(ctx, "token")["logits"].topk(5, dim=-1).values}),
+    ),
+    by_hand=("head_by_hand", "classify_by_hand", "top_k"),
+    comparators={"top5_indices": _same_ranking},
+)
+
+TASKS: dict[str, Task] = {task.name: task for task in (PATCH_SPLIT, QKV_SPLIT, ATTENTION, POS_SIMILARITY, TOP5)}
+
+
+# ---------------------------------------------------------------- checking one task
+
+def forget_outputs(name: str, namespace: dict[str, Any], params: dict[str, Any] | None = None) -> None:
+    """Drop the task's variables before its cell runs, so a stale value cannot pass for the student's."""
+    for output in getattr(TASKS.get(name), "outputs", ()):
+        namespace.pop(variable(output, params or {}), None)
+
+
+def compare_output(task: Task, name: str, value: Any, reference: Tensors, label: str | None = None) -> dict[str, Any]:
+    """Output ``name`` (the notebook's variable ``label``) against the reference.
+
+    Status: match | missing | not_tensor | shape | values.
+    """
+    expected = reference[name]
+    result = {"name": label or name, "output": name, "expected_shape": list(expected.shape)}
+    if value is _MISSING:
+        return {**result, "status": "missing"}
+    student = as_tensor(value)
+    if student is None:
+        return {**result, "status": "not_tensor", "type": type(value).__name__}
+    result["shape"] = list(student.shape)
+    view = fitted(student, expected, task.views)
+    if view is None:
+        return {**result, "status": "shape"}
+    comparator = task.comparators.get(name)
+    ok = comparator(student, expected, reference, task.views) if comparator else same(student, expected, task.views)
+    if not ok and view.is_floating_point():
+        result["max_difference"] = float((student.double() - view.double()).abs().max())
+    return {**result, "status": "match" if ok else "values"}
+
+
+def find_mistake(task: Task, ctx: Context, students: dict[str, Any], failing: list[str]) -> Mistake | None:
+    """The first mistake that gives every failing variable it covers (and covers at least one)."""
+    tensors = {name: as_tensor(students[name]) for name in failing if students[name] is not _MISSING}
+    tensors = {name: t for name, t in tensors.items() if t is not None}
+    for mistake in task.mistakes:
+        try:
+            candidate = mistake.outputs(ctx)
+        except Exception:  # a mistake that cannot be reproduced on this model is simply not it
+            continue
+        covered = [name for name in tensors if name in candidate]
+        if covered and all(mistake.match(tensors[n], candidate[n], task.views) for n in covered):
+            return mistake
+    return None
+
+
+def helpers_called(task: Task, source: str) -> list[str]:
+    """Helpers from ``task.by_hand`` called on the right of an assignment in the cell (the answer itself)."""
+    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    called = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and node.value is not None:
+            for call in ast.walk(node.value):
+                if isinstance(call, ast.Call):
+                    function = call.func
+                    name = function.id if isinstance(function, ast.Name) else getattr(function, "attr", None)
+                    if name in task.by_hand:
+                        called.add(name)
+    return sorted(called)
+
+
+def generic_advice(task: Task, check: dict[str, Any]) -> str:
+    name, shape = check["name"], tuple(check["expected_shape"])
+    expected = f"{task.outputs[check['output']]} = {shape}"
+    if check["status"] == "missing":
+        return f"assign `{name}` {expected}: {task.hint}"
+    if check["status"] == "not_tensor":
+        return f"`{name}` is a {check['type']}, expected a tensor {expected}"
+    if check["status"] == "shape":
+        return f"`{name}` should be {expected}, not {tuple(check['shape'])}: {task.hint}"
+    return f"`{name}` has the right shape but other values: {task.hint}"
+
+
+def check_task(name: str, namespace: dict[str, Any], source: str = "", params: dict[str, Any] | None = None,
+               substitute: bool = True) -> dict[str, Any]:
+    """Check the variables of task ``name`` in ``namespace`` against the reference; a JSON-ready dict.
+
+    Keys: task, title, status ("pass" | "fail"), checks (one dict per variable: name,
+    status, shape, expected_shape, max_difference), mistake and advice (for a failure),
+    helpers (package helpers the cell called instead of doing the task by hand),
+    substituted (variables replaced by the reference). Never raises: a problem of the
+    checker itself comes back as a failure whose advice says so.
+    """
+    task = TASKS.get(name)
+    if task is None:
+        return {"task": name, "title": name, "status": "fail", "checks": [],
+                "advice": f"unknown task {name!r}: this vit-inspect checks {', '.join(TASKS)}"}
+    result = {"task": name, "title": task.title, "checks": [], "substituted": []}
+    try:
+        with torch.no_grad():
+            return {**result, **_evaluate(task, Context(namespace, params or {}), namespace, source, substitute)}
+    except MissingGiven as missing:
+        return {**result, "status": "fail", "advice": f"the notebook defines no `{missing}` before this cell; "
+                "the checker needs it for the reference (run the given cells unchanged)"}
+    except Exception as error:  # the checker must report, never crash the student's notebook
+        return {**result, "status": "fail",
+                "advice": f"the checker could not compute the reference ({type(error).__name__}: {error})"}
+
+
+def _evaluate(task: Task, ctx: Context, namespace: dict[str, Any], source: str, substitute: bool) -> dict[str, Any]:
+    reference = task.reference(ctx)
+    names = {output: variable(output, ctx.params) for output in task.outputs}
+    students = {output: namespace.get(names[output], _MISSING) for output in task.outputs}
+    checks = [compare_output(task, output, students[output], reference, names[output]) for output in task.outputs]
+    failing = [check for check in checks if check["status"] != "match"]
+    helpers = helpers_called(task, source)
+    mistake = find_mistake(task, ctx, students, [check["output"] for check in failing]) if failing else None
+    if mistake:
+        advice = mistake.advice
+    elif failing:
+        advice = generic_advice(task, failing[0])
+    else:
+        advice = f"write it by hand: calling {', '.join(helpers)} is what the walk-through does" if helpers else None
+    substituted = [check["output"] for check in failing] if substitute else []
+    for output in substituted:  # later tasks are then checked on their own, not on this one's error
+        namespace[names[output]] = reference[output].clone()
+    substituted = [names[output] for output in substituted]
+    return {"status": "fail" if failing or helpers else "pass", "checks": checks, "helpers": helpers,
+            "mistake": mistake.name if mistake else None, "advice": advice, "substituted": substituted}
+
+
+def report_task(name: str, namespace: dict[str, Any], source: str = "", params: dict[str, Any] | None = None) -> None:
+    """:func:`check_task`, shown as a JSON display bundle that ``vit-inspect check`` reads back."""
+    from IPython.display import display
+
+    result = check_task(name, namespace, source, params)
+    provenance = namespace.get("provenance")
+    result["weights"] = getattr(provenance, "label", None)
+    display({RESULT_MIME: result}, raw=True)
