@@ -24,7 +24,8 @@ from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import vit_inspect
-from vit_inspect import DEFAULT_MODEL, create_untrained, save_weights
+from vit_inspect import (DEFAULT_MODEL, TrainConfig, create_untrained, load_dataset, load_vit, save_trained,
+                         save_weights, shipped_weights, training_metadata, untrained_like)
 from vit_inspect.homework import notebook_client
 from vit_inspect.weights import WEIGHTS_ENV
 
@@ -224,15 +225,31 @@ def random_weights_marked_trained(tmp_path_factory):
     return save_weights(create_untrained(DEFAULT_MODEL, seed=0), folder / "model.safetensors", untrained=False)
 
 
+@pytest.fixture(scope="module")
+def random_digits_weights_marked_trained(tmp_path_factory):
+    """Seeded random weights of the small digits ViT in a `vit-inspect train` file that claims a trained model.
+
+    What a failed training run, saved anyway, would look like: the weights a notebook that trains its own model
+    (09) studies when VIT_INSPECT_WEIGHTS names such a file.
+    """
+    folder = tmp_path_factory.mktemp("random-digits-but-trained")
+    info = training_metadata(shipped_weights("digits"))
+    random = untrained_like(load_vit(weights="digits").model, seed=1)
+    return save_trained(random, folder / "vit_digits.safetensors", load_dataset("digits", split_seed=info["split_seed"]),
+                        TrainConfig(**info["train_config"]), info["test_accuracy"])
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_learned_claims_fail_on_random_weights_marked_trained(path, random_weights_marked_trained, monkeypatch):
+def test_learned_claims_fail_on_random_weights_marked_trained(path, request, monkeypatch):
     """Every cell with a learned-claim assert must fail, with its message, when random weights pretend to be trained.
 
     Each such cell holds one learned claim, so none hides behind another; every other cell still runs.
+    A notebook that trains its own model gets random weights of that model's architecture.
     """
-    monkeypatch.setenv(WEIGHTS_ENV, str(random_weights_marked_trained))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     notebook = nbformat.read(path, as_version=4)
+    fixture = "random_digits_weights_marked_trained" if keeps_all_outputs(notebook) else "random_weights_marked_trained"
+    monkeypatch.setenv(WEIGHTS_ENV, str(request.getfixturevalue(fixture)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     NotebookClient(notebook, timeout=900, kernel_name="python3", allow_errors=True,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     for index, cell in enumerate(notebook.cells):

@@ -418,27 +418,38 @@ def plot_preprocessing_comparison(inputs: dict[str, torch.Tensor], configs: dict
 
 
 def plot_examples(pixels: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
-                  predictions: torch.Tensor | None = None, axes: Sequence[Axes] | None = None, title: str = "",
-                  ncols: int = 8) -> Figure:
-    """uint8 crops (n, 3, S, S) with their class; with ``predictions``, wrong ones titled in red."""
-    n = pixels.shape[0]
-    fig, axes = _axes_grid(n, axes, ncols, size=1.3)
-    for index, ax in zip(range(n), axes):
+                  axes: Sequence[Axes] | None = None, title: str = "", ncols: int = 8) -> Figure:
+    """uint8 crops (n, 3, S, S) titled with their class: the data, no model involved."""
+    fig, axes = _axes_grid(pixels.shape[0], axes, ncols, size=1.3)
+    for index, ax in zip(range(pixels.shape[0]), axes):
         ax.imshow(pixels[index].permute(1, 2, 0).numpy())  # (S, S, 3)
-        label = class_names[int(labels[index])]
-        if predictions is None:
-            ax.set_title(label, fontsize=9)
-        else:
-            guess = class_names[int(predictions[index])]
-            ax.set_title(f"{label} -> {guess}", fontsize=9, color="black" if guess == label else "red")
+        ax.set_title(class_names[int(labels[index])], fontsize=9)
         ax.set_axis_off()
     fig.suptitle(title or "examples")
     return fig
 
 
+def plot_predictions(pixels: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
+                     class_names: Sequence[str], *, trained: bool, axes: Sequence[Axes] | None = None,
+                     title: str = "", ncols: int = 8) -> Figure:
+    """uint8 crops (n, 3, S, S) titled "true -> predicted", wrong predictions in red."""
+    fig, axes = _axes_grid(pixels.shape[0], axes, ncols, size=1.3)
+    for index, ax in zip(range(pixels.shape[0]), axes):
+        ax.imshow(pixels[index].permute(1, 2, 0).numpy())  # (S, S, 3)
+        label, guess = class_names[int(labels[index])], class_names[int(predictions[index])]
+        colour = {"color": "black" if guess == label else "red"} if trained else {}  # untrained: all red
+        label_panel(ax, f"{label} -> {guess}", trained, fontsize=9, **colour)
+        ax.set_axis_off()
+    label_figure(fig, title or "predictions: true -> predicted", trained)
+    return fig
+
+
 def plot_training_curves(history: dict[str, torch.Tensor], axes: Sequence[Axes] | None = None,
                          title: str = "") -> Figure:
-    """Loss and accuracy per epoch, train and test, from ``train_vit``'s history: two panels."""
+    """Loss and accuracy per epoch, train and test, from ``train_vit``'s history: two panels.
+
+    A record of the training run itself (no ``trained`` keyword: there is nothing untrained to label).
+    """
     fig, axes = _axes_grid(2, axes, ncols=2, size=3.6)
     epochs = np.arange(1, len(history["train_loss"]) + 1)
     for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -454,8 +465,8 @@ def plot_training_curves(history: dict[str, torch.Tensor], axes: Sequence[Axes] 
     return fig
 
 
-def plot_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str], ax: Axes | None = None,
-                          title: str = "") -> Figure:
+def plot_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str], *, trained: bool,
+                          ax: Axes | None = None, title: str = "") -> Figure:
     """Counts (C, C), rows = true class, columns = predicted, with the count in every non-empty cell."""
     ax = axes_or_new(ax, size=4.5)
     counts = _numpy(matrix)
@@ -470,12 +481,12 @@ def plot_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str], ax: 
     ax.set_yticks(ticks, class_names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title or f"confusion matrix ({int(np.trace(counts))} of {int(counts.sum())} right)")
+    label_panel(ax, title or f"confusion matrix ({int(np.trace(counts))} of {int(counts.sum())} right)", trained)
     return ax.figure
 
 
 def plot_feature_embedding(points: torch.Tensor | np.ndarray, labels: torch.Tensor, class_names: Sequence[str],
-                           ax: Axes | None = None, title: str = "") -> Figure:
+                           *, trained: bool, ax: Axes | None = None, title: str = "") -> Figure:
     """A 2-D embedding (n, 2) of features (t-SNE), one colour per class, the class name at its centre."""
     ax = axes_or_new(ax, size=4.5)
     points, labels = _numpy(points), _numpy(labels)
@@ -488,12 +499,15 @@ def plot_feature_embedding(points: torch.Tensor | np.ndarray, labels: torch.Tens
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(fontsize="x-small", markerscale=1.5, ncols=2, loc="best")
-    ax.set_title(title or "t-SNE of the class-token features")
+    label_panel(ax, title or "t-SNE of the class-token features", trained)
     return ax.figure
 
 
 def plot_pos_embed_locality(gaps: dict[str, torch.Tensor], ax: Axes | None = None, title: str = "") -> Figure:
-    """Per-epoch locality of the position embeddings: {name: (E,)} gaps of mean cosine similarity."""
+    """Per-epoch locality of the position embeddings: {name: (E,)} gaps of mean cosine similarity.
+
+    Like the training curves, a record of the training run (``locality_per_epoch``), not of loaded weights.
+    """
     ax = axes_or_new(ax)
     for (name, values), style in zip(gaps.items(), ("o-", "s-", "^-", "v-")):
         values = _numpy(values)
@@ -506,7 +520,8 @@ def plot_pos_embed_locality(gaps: dict[str, torch.Tensor], ax: Axes | None = Non
     return ax.figure
 
 
-def plot_deletion_curves(curves: dict[str, torch.Tensor], ax: Axes | None = None, title: str = "") -> Figure:
+def plot_deletion_curves(curves: dict[str, torch.Tensor], *, trained: bool, ax: Axes | None = None,
+                         title: str = "") -> Figure:
     """True-class probability against the fraction of patches deleted, one (K,) curve per order.
 
     Curves named "random ..." are drawn thin and grey; the legend gives each curve's area.
@@ -522,11 +537,12 @@ def plot_deletion_curves(curves: dict[str, torch.Tensor], ax: Axes | None = None
     ax.set_ylabel("probability of the true class")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize="small")
-    ax.set_title(title or "deletion curves: lower area = more faithful order")
+    label_panel(ax, title or "deletion curves: lower area = more faithful order", trained)
     return ax.figure
 
 
-def plot_randomisation_curves(curves: dict[str, torch.Tensor], ylabel: str = "Spearman correlation with the trained maps",
+def plot_randomisation_curves(curves: dict[str, torch.Tensor],
+                              ylabel: str = "Spearman correlation with the trained maps", *, trained: bool,
                               ax: Axes | None = None, title: str = "") -> Figure:
     """One (L + 1,) value per randomisation step and explanation: step k = top k blocks re-initialised."""
     ax = axes_or_new(ax, size=4.5)
@@ -541,7 +557,7 @@ def plot_randomisation_curves(curves: dict[str, torch.Tensor], ylabel: str = "Sp
     ax.set_xlabel("blocks re-initialised (from the top)")
     ax.set_ylabel(ylabel)
     ax.legend()
-    ax.set_title(title or "model-randomisation check")
+    label_panel(ax, title or "model-randomisation check", trained)
     return ax.figure
 
 

@@ -135,8 +135,21 @@ def spec_of(model: nn.Module) -> ViTSpec:
 
 
 def untrained_like(model: nn.Module, seed: int = 0) -> nn.Module:
-    """The same architecture as ``model`` with seeded random (untrained) weights, eval mode."""
-    return build_vit(spec_of(model), seed)
+    """The same architecture as ``model`` with seeded random (untrained) weights, eval mode.
+
+    Like ``create_untrained``: timm's constant initialisations (norms, biases, class token,
+    position embedding) are redrawn too, so no claim passes because a parameter is constant.
+    """
+    from .weights import randomise_constant_init
+
+    spec = spec_of(model)
+    untrained = build_vit(spec, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        randomise_constant_init(untrained)
+    if spec.pos_embed == "sincos":  # fixed, not learned: the same table trained or not
+        _fix_sincos(untrained)
+    return untrained
 
 
 # ---------------------------------------------------------------- the data
@@ -670,9 +683,12 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def randomise_top_blocks(model: nn.Module, count: int, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` whose top ``count`` blocks have fresh random weights (timm's init)."""
+    """A copy of ``model`` whose top ``count`` blocks have fresh random weights (timm's init).
+
+    timm's own initialisation, the distribution training started from, as in Adebayo et al.
+    """
     randomised = copy.deepcopy(model).eval()
-    fresh = untrained_like(model, seed)
+    fresh = build_vit(spec_of(model), seed)
     depth = len(model.blocks)
     for index in range(depth - count, depth):
         randomised.blocks[index].load_state_dict(fresh.blocks[index].state_dict())
