@@ -33,4 +33,13 @@ with torch.no_grad():
     res = run_blocks_one_at_a_time(g, xg)
     print("run_blocks keys", list(res))
 print("pos sim", pos_embed_similarity(g).device)
+from vit_inspect import TrainConfig, build_vit, load_dataset, predict_logits, train_vit
+digits = load_dataset("digits")
+small = build_vit()
+history = train_vit(small, digits, TrainConfig(epochs=3), progress=False)  # on the GPU: there is one
+assert small.pos_embed.device.type == "cpu" and not small.training
+torch.testing.assert_close(history["test_accuracy"][-1].double(),
+                           (predict_logits(small, digits.test_images).argmax(-1) == digits.test_labels).double().mean(),
+                           rtol=0, atol=2 / 360)  # GPU vs CPU numerics may flip a borderline image
+print("train_vit on cuda, 3 epochs: test accuracy", [round(float(a), 3) for a in history["test_accuracy"]])
 print("GPU CHECK OK")

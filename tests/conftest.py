@@ -52,3 +52,22 @@ def valid(tmp_path_factory):
 def invalid(tmp_path_factory):
     """One file per invalid image kind (see image_kinds.py)."""
     return write_invalid_images(tmp_path_factory.mktemp("invalid"))
+
+
+@pytest.fixture(scope="session")
+def class_folders(tmp_path_factory):
+    """Three classes of five small images each (grey and RGBA, several sizes), one sub-folder per class.
+
+    Class k's pixels lie between 80 k and 80 k + 60, so a label can be checked from the image.
+    """
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("class-folders")
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(["circle", "square", "stripe"]):
+        (root / name).mkdir()
+        for k in range(5):
+            grey = Image.fromarray((rng.random((10 + k, 12)) * 60 + index * 80).astype(np.uint8), mode="L")
+            (grey.convert("RGBA") if k % 2 else grey).save(root / name / f"{k}.png")
+    return root

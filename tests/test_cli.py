@@ -253,3 +253,82 @@ def test_entry_point_prints_no_traceback_on_a_bad_image_in_the_folder(invalid, t
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("vit-inspect: error:") and "none of the 1 image files could be read" in last
     assert "fake.jpg" in result.stderr
+
+
+# ---------------------------------------------------------------- train
+
+@pytest.mark.parametrize("args, words", [
+    (["--dataset", "nowhere"], ["--dataset nowhere", "digits, mnist", "no such folder"]),
+    (["--dataset", "README.md"], ["--dataset README.md", "is a file"]),
+    (["--epochs", "0"], ["--epochs 0", "at least 1"]),
+    (["--epochs", "ten"], ["--epochs ten", "integer"]),
+    (["--seed", "-1"], ["--seed -1", "at least 0"]),
+    (["--out", "weights.pt"], ["--out weights.pt", ".safetensors"]),
+    (["--out", "tests"], ["--out tests", "directory"]),
+    (["--out", "pyproject.toml"], ["--out pyproject.toml", ".safetensors"]),
+])
+def test_train_argument_errors_are_one_line_before_torch(args, words):
+    code = ("import sys\nfrom vit_inspect.cli import main\n"
+            f"code = main(['train', *{args!r}])\n"
+            "assert code == 1 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.strip()
+    assert err.startswith("vit-inspect: error:") and "\n" not in err and all(w in err for w in words), err
+
+
+def test_train_never_overwrites_without_force(class_folders, tmp_path, capsys):
+    out = tmp_path / "mine.safetensors"
+    out.write_bytes(b"a student's file")
+    assert main(["train", "--dataset", str(class_folders), "--epochs", "1", "--out", str(out)]) == 1
+    assert "--force" in last_error_line(capsys) and out.read_bytes() == b"a student's file"
+    assert main(["train", "--dataset", str(class_folders), "--epochs", "1", "--out", str(out), "--force"]) == 0
+    model, provenance = load_vit(weights=out)
+    assert provenance.trained_on == str(class_folders) and model.num_classes == 3
+
+
+def test_train_on_a_folder_prints_the_accuracy_and_how_to_load(class_folders, tmp_path, capsys):
+    out = tmp_path / "sub" / "folder.safetensors"
+    assert main(["train", "--dataset", str(class_folders), "--epochs", "2", "--seed", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "12 training and 3 test images, 3 classes" in printed and "2 epochs" in printed
+    assert "test accuracy" in printed and f"load_vit(weights={str(out)!r})" in printed
+    assert "shipped" not in printed  # nothing ships for a folder of one's own
+    from vit_inspect import training_metadata
+    info = training_metadata(out)
+    assert info["epochs"] == 2 and info["train_config"]["seed"] == 3 and info["class_names"] == ["circle", "square", "stripe"]
+
+
+def test_train_default_out_is_named_after_the_dataset(tmp_path):
+    from vit_inspect.cli import train_out
+    assert train_out("digits", None, False) == Path("vit_digits.safetensors")
+    assert train_out(str(tmp_path / "flowers"), None, False) == Path("vit_flowers.safetensors")
+
+
+def test_train_digits_compares_with_the_shipped_weights(tmp_path, capsys):
+    out = tmp_path / "digits.safetensors"
+    assert main(["train", "--epochs", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1437 training and 360 test images" in printed
+    assert "the shipped weights (another recipe) have" in printed and "points from them" in printed
+
+
+def test_train_a_torchvision_set_offline_is_one_line(monkeypatch, tmp_path, capsys):
+    import torchvision.datasets
+
+    def offline(root, train, download):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out",
+                 str(tmp_path / "m.safetensors")]) == 1
+    line = last_error_line(capsys)
+    assert line.startswith("vit-inspect: error: --dataset mnist") and "network" in line
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_report_on_the_shipped_digits_model_names_digit_classes(tmp_path):
+    assert main(["report", str(sample_images()[0]), "--out", str(tmp_path / "r"), "--weights", "digits"]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["weights"]["trained_on"] == "digits" and summary["input_size"] == [3, 32, 32]
+    assert [row["label"] for row in summary["top5"]] == [str(row["index"]) for row in summary["top5"]]

@@ -2,6 +2,9 @@
 learned-claim asserts that random weights cannot pass; the Colab cell.
 
 nbval (``make test``) re-executes every notebook; these checks cover what it cannot.
+A notebook that trains its own model (09) carries the metadata flag
+``{"vit_inspect": {"outputs": "trained here"}}`` and keeps all its outputs, pictures
+included: they come from weights trained in the notebook itself, never from untrained ones.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import vit_inspect
-from vit_inspect import DEFAULT_MODEL, create_untrained, save_weights
+from vit_inspect import (DEFAULT_MODEL, TrainConfig, create_untrained, load_dataset, load_vit, save_trained,
+                         save_weights, shipped_weights, training_metadata, untrained_like)
 from vit_inspect.homework import notebook_client
 from vit_inspect.weights import WEIGHTS_ENV
 
@@ -30,6 +34,12 @@ from .homework_notebooks import solution_notebook
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 KEEP_TAG = "nbval-check-output"
+TRAINED_HERE = "trained here"  # notebook.metadata["vit_inspect"]["outputs"]: every output is kept
+
+
+def keeps_all_outputs(notebook) -> bool:
+    return notebook.metadata.get("vit_inspect", {}).get("outputs") == TRAINED_HERE
+
 SETUP_TAG = "colab-setup"  # the Colab setup cell (scripts/colab_setup.py), allowed before the imports cell
 
 
@@ -81,15 +91,18 @@ def test_notebook_redefines_nothing_from_the_package(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_stored_outputs_are_only_weight_independent(path):
-    code_cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    notebook = nbformat.read(path, as_version=4)
+    code_cells = [c for c in notebook.cells if c.cell_type == "code"]
+    keep_all = keeps_all_outputs(notebook)
     for index, cell in enumerate(code_cells):
-        kept = KEEP_TAG in cell.metadata.get("tags", [])
+        kept = keep_all or KEEP_TAG in cell.metadata.get("tags", [])
         assert kept or not cell.outputs, f"{path.name} code cell {index} stores outputs; run `make notebooks`"
         # a clean top-to-bottom run numbers code cell i as i + 1; anything else is stale
         expected_count = index + 1 if kept else None
         assert cell.execution_count == expected_count, f"{path.name} code cell {index}: stale execution count"
         for output in cell.outputs:
-            assert "image/png" not in output.get("data", {}), f"{path.name} cell {index} stores a picture"
+            if not keep_all:
+                assert "image/png" not in output.get("data", {}), f"{path.name} cell {index} stores a picture"
             assert output.get("name") != "stderr", f"{path.name} cell {index} stores stderr"
             assert "UNTRAINED" not in str(output), f"{path.name} cell {index} stores untrained output"
 
@@ -107,6 +120,15 @@ def test_notebook_opens_with_title_prerequisite_and_one_imports_cell(path):
                                                       for n in ast.walk(ast.parse(code_of(c))))]
     assert not later_imports, f"{path.name}: imports outside the imports cell in cells {later_imports}"
 
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_only_a_notebook_that_trains_its_model_keeps_all_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    if keeps_all_outputs(notebook):
+        code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+        assert "train_vit(" in code, f"{path.name} keeps all outputs but trains no model of its own"
+        assert any("image/png" in o.get("data", {}) for c in notebook.cells if c.cell_type == "code"
+                   for o in c.outputs), f"{path.name} keeps all outputs but stores no figure; run `make notebooks`"
 
 # ---------------------------------------------------------------- Colab: badge and setup cell
 
@@ -203,15 +225,31 @@ def random_weights_marked_trained(tmp_path_factory):
     return save_weights(create_untrained(DEFAULT_MODEL, seed=0), folder / "model.safetensors", untrained=False)
 
 
+@pytest.fixture(scope="module")
+def random_digits_weights_marked_trained(tmp_path_factory):
+    """Seeded random weights of the small digits ViT in a `vit-inspect train` file that claims a trained model.
+
+    What a failed training run, saved anyway, would look like: the weights a notebook that trains its own model
+    (09) studies when VIT_INSPECT_WEIGHTS names such a file.
+    """
+    folder = tmp_path_factory.mktemp("random-digits-but-trained")
+    info = training_metadata(shipped_weights("digits"))
+    random = untrained_like(load_vit(weights="digits").model, seed=1)
+    return save_trained(random, folder / "vit_digits.safetensors", load_dataset("digits", split_seed=info["split_seed"]),
+                        TrainConfig(**info["train_config"]), info["test_accuracy"])
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_learned_claims_fail_on_random_weights_marked_trained(path, random_weights_marked_trained, monkeypatch):
+def test_learned_claims_fail_on_random_weights_marked_trained(path, request, monkeypatch):
     """Every cell with a learned-claim assert must fail, with its message, when random weights pretend to be trained.
 
     Each such cell holds one learned claim, so none hides behind another; every other cell still runs.
+    A notebook that trains its own model gets random weights of that model's architecture.
     """
-    monkeypatch.setenv(WEIGHTS_ENV, str(random_weights_marked_trained))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     notebook = nbformat.read(path, as_version=4)
+    fixture = "random_digits_weights_marked_trained" if keeps_all_outputs(notebook) else "random_weights_marked_trained"
+    monkeypatch.setenv(WEIGHTS_ENV, str(request.getfixturevalue(fixture)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     NotebookClient(notebook, timeout=900, kernel_name="python3", allow_errors=True,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     for index, cell in enumerate(notebook.cells):

@@ -15,9 +15,9 @@ import vit_inspect.plotting
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_MODULES = {"patches": "01", "position_embeddings": "02", "attention_by_hand": "03",
                     "encoder_stack": "04", "classification_head": "05", "attention_maps": "06",
-                    "from_scratch": "07", "huggingface": "08", "attention_explorer": "10"}
+                    "from_scratch": "07", "huggingface": "08", "training": "09", "attention_explorer": "10"}
 INTERNALS = ("to_rgb", "discard_lowest", "fused_attention_flags", "reusable", "split_transform",
-             "read_state_dict", "hub_reachable")
+             "read_state_dict", "hub_reachable", "augment", "affine_matrices", "crop_transform", "trained_here_path")
 
 
 def package_modules() -> dict[str, types.ModuleType]:
@@ -67,6 +67,6 @@ def test_every_figure_comes_from_plotting():
 
 
 def test_tests_are_named_after_modules():
-    modules = set(package_modules()) | {"package", "notebooks", "data"}
+    modules = set(package_modules()) | {"package", "notebooks", "data", "learned_claims"}
     for path in (ROOT / "tests").glob("test_*.py"):
         assert path.stem.removeprefix("test_") in modules, f"{path.name} names no module of vit_inspect"

@@ -19,10 +19,11 @@ from PIL import Image  # noqa: E402
 from vit_inspect import top_k  # noqa: E402
 from vit_inspect import plotting  # noqa: E402
 from vit_inspect.plotting import (UNTRAINED_COLOUR, new_axes, plot_attention_distance,  # noqa: E402
-                                  plot_attention_mistakes, plot_filter_components, plot_gelu, plot_heatmap_overlay,
-                                  plot_patch_grid, plot_pos_embed_similarity, plot_query_attention,
-                                  plot_residual_norms, plot_rollout_overlay, plot_rollout_vs_brightness, plot_top_k,
-                                  untrained_title)
+                                  plot_attention_mistakes, plot_confusion_matrix, plot_deletion_curves,
+                                  plot_feature_embedding, plot_filter_components, plot_gelu, plot_heatmap_overlay,
+                                  plot_patch_grid, plot_pos_embed_similarity, plot_predictions, plot_query_attention,
+                                  plot_randomisation_curves, plot_residual_norms, plot_rollout_overlay,
+                                  plot_rollout_vs_brightness, plot_top_k, untrained_title)
 
 from .mutation import fails, passes  # noqa: E402
 
@@ -106,7 +107,14 @@ def test_query_attention_heads_share_one_scale_from_zero_with_one_colour_bar(cro
     lambda crop: plot_attention_distance(torch.rand(4, 3) * 100, 50.0, trained=False),
     lambda crop: plot_residual_norms(torch.rand(3, 1, 5), 1, trained=False),
     lambda crop: plot_rollout_vs_brightness(torch.rand(4, 4), torch.rand(4, 4), 0.5, trained=False),
-], ids=["query", "mistakes", "rollout", "overlay", "similarity", "filters", "top-k", "distance", "norms", "scatter"])
+    lambda crop: plot_predictions(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]),
+                                  torch.tensor([0, 0]), ["a", "b"], trained=False),
+    lambda crop: plot_confusion_matrix(torch.tensor([[3, 1], [0, 2]]), ["a", "b"], trained=False),
+    lambda crop: plot_feature_embedding(torch.rand(4, 2), torch.tensor([0, 1, 0, 1]), ["a", "b"], trained=False),
+    lambda crop: plot_deletion_curves({"rollout": torch.tensor([1.0, 0.2])}, trained=False),
+    lambda crop: plot_randomisation_curves({"rollout": torch.tensor([1.0, 0.5])}, trained=False),
+], ids=["query", "mistakes", "rollout", "overlay", "similarity", "filters", "top-k", "distance", "norms", "scatter",
+        "predictions", "confusion", "t-SNE", "deletion", "randomisation"])
 def test_untrained_weights_are_labelled_in_red_on_every_panel(crop, draw):
     fig = draw(crop)
     drawn = [ax for ax in fig.axes if not hasattr(ax, "_colorbar") and ax.has_data()]
@@ -202,6 +210,73 @@ def test_residual_norms_distance_and_gelu_plots():
     fig = plot_gelu(x, x, x + 1e-3)
     assert "1.0e-03" in fig.axes[0].get_title()
 
+
+# ---------------------------------------------------------------- 09 training
+
+def test_training_curves_draw_the_history():
+    from vit_inspect.plotting import plot_training_curves
+
+    history = {"train_loss": torch.tensor([2.0, 1.0, 0.5]), "test_loss": torch.tensor([2.1, 1.2, 0.7]),
+               "train_accuracy": torch.tensor([0.2, 0.6, 0.9]), "test_accuracy": torch.tensor([0.1, 0.5, 0.85])}
+    fig, axes = new_axes(1, 2)
+    assert plot_training_curves(history, axes=axes) is fig
+    loss, accuracy = axes[0, 0].get_lines(), axes[0, 1].get_lines()
+    assert np.allclose(loss[1].get_ydata(), [2.1, 1.2, 0.7]) and np.allclose(loss[0].get_xdata(), [1, 2, 3])
+    assert np.allclose(accuracy[1].get_ydata(), [0.1, 0.5, 0.85]) and "85.0%" in axes[0, 1].get_title()
+
+
+def test_confusion_matrix_counts_from_zero_with_colour_bar():
+    from vit_inspect.plotting import plot_confusion_matrix
+
+    matrix = torch.tensor([[5, 1], [0, 4]])
+    fig = plot_confusion_matrix(matrix, ["a", "b"], trained=True)
+    ax = fig.axes[0]
+    assert ax.get_images()[0].get_clim() == (0, 5) and len(fig.axes) == 2  # the matrix and its colour bar
+    assert sorted(t.get_text() for t in ax.texts) == ["1", "4", "5"]  # empty cells stay blank
+    assert "9 of 10" in ax.get_title()
+
+
+def test_feature_embedding_colours_each_class():
+    from vit_inspect.plotting import plot_feature_embedding
+
+    points = torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+    fig = plot_feature_embedding(points, torch.tensor([0, 0, 1]), ["zero", "one"], trained=True)
+    collections = fig.axes[0].collections
+    assert len(collections) == 2 and np.allclose(collections[1].get_offsets(), [[5.0, 5.0]])
+
+
+def test_deletion_curves_legend_gives_the_areas():
+    from vit_inspect import curve_area
+    from vit_inspect.plotting import plot_deletion_curves
+
+    curves = {"rollout": torch.tensor([1.0, 0.5, 0.0]), "random (seed 0)": torch.tensor([1.0, 1.0, 0.0])}
+    fig = plot_deletion_curves(curves, trained=True)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == [f"rollout: area {float(curve_area(curves['rollout'])):.3f}", "random (seed 0): area 0.750"]
+    assert np.allclose(fig.axes[0].get_lines()[0].get_xdata(), [0, 0.5, 1])
+
+
+def test_randomisation_curves_and_locality_plots():
+    from vit_inspect.plotting import plot_pos_embed_locality, plot_randomisation_curves
+
+    curves = {"rollout": torch.tensor([1.0, 0.9, 0.2]), "last-layer attention": torch.tensor([1.0, 0.1, -0.2])}
+    ax = plot_randomisation_curves(curves, trained=True).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["trained", "top 1", "top 2"]
+    assert np.allclose(ax.get_lines()[1].get_ydata(), [1.0, 0.1, -0.2]) and ax.get_ylim()[0] <= -0.2
+    gaps = {"neighbours - far patches": torch.tensor([0.0, 0.3])}
+    line = plot_pos_embed_locality(gaps).axes[0].get_lines()[0]
+    assert np.allclose(line.get_xdata(), [1, 2]) and np.allclose(line.get_ydata(), [0.0, 0.3])
+
+
+def test_predictions_mark_wrong_ones_in_red():
+    from vit_inspect.plotting import plot_examples, plot_predictions
+
+    pixels = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+    fig = plot_predictions(pixels, torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), ["a", "b"], trained=True, ncols=3)
+    titles = [(ax.get_title(), ax.title.get_color()) for ax in fig.axes]
+    assert titles == [("a -> a", "black"), ("b -> b", "black"), ("b -> a", "red")]
+    fig = plot_examples(pixels, torch.tensor([0, 1, 1]), ["a", "b"], ncols=3)
+    assert [ax.get_title() for ax in fig.axes] == ["a", "b", "b"] and not fig.axes[0].texts
 
 def test_preprocessing_comparison_shows_both_inputs_and_their_difference_from_0():
     from vit_inspect.plotting import plot_preprocessing_comparison

@@ -49,6 +49,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                     "timm_to_hf", "hf_to_timm", "hf_steps", "hf_image_processor", "compare_preprocessing",
                     "checkpoint_differences", "hf_checkpoint_cached", "twin_checkpoints_cached",
                     "load_hf_checkpoint"),
+    "training": ("DATASETS", "SHIPPED_WEIGHTS", "ABLATIONS", "ViTSpec", "TrainConfig", "TrainingData",
+                 "build_vit", "spec_of", "untrained_like", "load_dataset", "model_input", "train_vit",
+                 "predict_logits", "evaluate", "accuracy", "save_trained", "training_metadata", "shipped_weights",
+                 "load_trained", "locality_per_epoch", "pixels_to_image", "pooled_features", "confusion_matrix",
+                 "linear_baseline", "class_token_maps", "patch_ink", "ink_ratio", "first_block_distance",
+                 "importance_order", "random_order", "delete_patches", "deletion_curve", "deletion_curves",
+                 "curve_area", "rank_correlation", "randomise_top_blocks", "randomised_maps", "randomisation_curves",
+                 "run_ablations"),
     "attention_explorer": ("explorer",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

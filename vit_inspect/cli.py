@@ -1,4 +1,4 @@
-"""``vit-inspect`` command line: report, distance, download, check.
+"""``vit-inspect`` command line: report, distance, download, train, check.
 
 Every argument is checked, with a message in command-line terms, before torch and timm
 are imported or any weights are built: ``--help`` and argument errors answer at once.
@@ -53,6 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--model", default=DEFAULT_MODEL)
     download.add_argument("--to", type=Path, default=None, help="folder (default: the Hugging Face cache)")
     download.set_defaults(run=run_download)
+
+    train = commands.add_parser("train", help="train a small ViT from scratch (default: the bundled digits, offline)")
+    train.add_argument("--dataset", default="digits",
+                       help="digits | mnist | fashion-mnist | cifar10 | PATH of a folder with one sub-folder "
+                            "of images per class (default: digits, which needs no network)")
+    train.add_argument("--epochs", default=None, metavar="N",
+                       help="passes over the training images (default: the recipe's, as for the shipped weights)")
+    train.add_argument("--out", type=Path, default=None, metavar="FILE.safetensors",
+                       help="where the weights go (default: vit_DATASET.safetensors)")
+    train.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    train.add_argument("--seed", default="0", metavar="S", help="model initialisation and batch order (default: 0)")
+    train.add_argument("--data-dir", type=Path, default=None,
+                       help="where torchvision's datasets are kept (default: ~/.cache/vit-inspect/datasets)")
+    train.set_defaults(run=run_train)
 
     check = commands.add_parser("check", help="run a homework notebook and check each task against the reference")
     check.add_argument("notebook", type=Path, help="the student's .ipynb")
@@ -261,6 +275,88 @@ def run_download(args: argparse.Namespace) -> None:
     path = download_weights(args.model, args.to)
     print(f"downloaded {args.model}\nuse it with {weights_argument(str(path))}, "
           f"or export {WEIGHTS_ENV}={path}")
+
+
+# ---------------------------------------------------------------- train
+
+NAMED_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")  # training.DATASETS, without importing torch
+
+
+def parse_count(option: str, text: str | None, smallest: int) -> int | None:
+    """An integer option's value (None stays None); a one-line error below ``smallest`` or if not an integer."""
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise VitInspectError(f"{option} {text}: expected an integer") from None
+    if value < smallest:
+        raise VitInspectError(f"{option} {text}: must be at least {smallest}")
+    return value
+
+
+def check_dataset(dataset: str) -> None:
+    """A dataset name, or an existing folder; a one-line error otherwise."""
+    if dataset in NAMED_DATASETS or Path(dataset).is_dir():
+        return
+    where = "is a file, not a folder" if Path(dataset).exists() else "no such folder"
+    raise VitInspectError(f"--dataset {dataset}: not one of {', '.join(NAMED_DATASETS)}, and {where}")
+
+
+def train_out(dataset: str, out: Path | None, force: bool) -> Path:
+    """The --out file (default ``vit_DATASET.safetensors``); refuses to overwrite without ``force``."""
+    if out is None:
+        out = Path(f"vit_{Path(dataset).name or 'folder'}.safetensors")
+    if out.is_dir():
+        raise VitInspectError(f"--out {out}: is a directory; name a .safetensors file")
+    if out.suffix != ".safetensors":
+        raise VitInspectError(f"--out {out}: the weights are written as safetensors; name a .safetensors file")
+    if out.exists() and not force:
+        raise VitInspectError(f"--out {out}: exists; pass --force to overwrite it")
+    return out
+
+
+def run_train(args: argparse.Namespace) -> None:
+    check_dataset(args.dataset)
+    epochs = parse_count("--epochs", args.epochs, 1)
+    seed = parse_count("--seed", args.seed, 0)
+    out = train_out(args.dataset, args.out, args.force)
+
+    import dataclasses
+
+    import torch
+
+    from . import training
+
+    data = training.load_dataset(args.dataset, root=args.data_dir)
+    config = dataclasses.replace(training.TrainConfig(), seed=seed, **({"epochs": epochs} if epochs else {}))
+    spec = dataclasses.replace(training.ViTSpec(), num_classes=len(data.class_names))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"{data.name}: {len(data.train_labels)} training and {len(data.test_labels)} test images, "
+          f"{len(data.class_names)} classes ({data.split}); {spec.name} on {device}, {config.epochs} epochs")
+    model = training.build_vit(spec, seed)
+    history = training.train_vit(model, data, config, device=device)
+    accuracy = float(history["test_accuracy"][-1])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    training.save_trained(model, out, data, config, accuracy)
+    print(f"test accuracy {accuracy:.2%} on {len(data.test_labels)} held-out images")
+    _compare_with_shipped(args.dataset, accuracy, config)
+    print(f"weights written: {out}\nload them with load_vit(weights={str(out)!r})")
+
+
+def _compare_with_shipped(dataset: str, accuracy: float, config) -> None:
+    """After training on a dataset whose weights ship, say how far this run is from them."""
+    from dataclasses import asdict
+
+    from . import training
+
+    try:
+        shipped = training.training_metadata(training.shipped_weights(dataset))
+    except VitInspectError:  # not shipped for this dataset, or the file is missing
+        return
+    same = "the same recipe" if shipped["train_config"] == asdict(config) else "another recipe"
+    print(f"the shipped weights ({same}) have {shipped['test_accuracy']:.2%}: this run is "
+          f"{100 * (accuracy - shipped['test_accuracy']):+.1f} points from them")
 
 
 # ---------------------------------------------------------------- check

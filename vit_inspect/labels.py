@@ -7,6 +7,8 @@ from typing import NamedTuple
 import torch
 from timm.data import ImageNetInfo
 
+IMAGENET_CLASSES = 1000
+
 
 @lru_cache(maxsize=1)
 def imagenet_info() -> ImageNetInfo:
@@ -30,8 +32,13 @@ class TopK(NamedTuple):
 
 
 def top_k(logits: torch.Tensor, k: int = 5) -> TopK:
-    """Top-k classes of ``logits`` (C,) or (B, C) with ImageNet names and probabilities."""
+    """Top-k classes of ``logits`` (C,) or (B, C) with their names and probabilities.
+
+    ImageNet names for a 1000-class head; any other head (e.g. the digits model trained
+    here) gets its class index as the name, never an ImageNet name that does not apply.
+    """
     logits = logits.detach().reshape(-1, logits.shape[-1])  # (B, C)
     probs, indices = logits.softmax(dim=-1).topk(k, dim=-1)  # (B, k)
-    names = [[class_name(i) for i in row] for row in indices.tolist()]
+    imagenet = logits.shape[-1] == IMAGENET_CLASSES
+    names = [[class_name(i) if imagenet else str(i) for i in row] for row in indices.tolist()]
     return TopK(indices, probs, names)

@@ -430,6 +430,153 @@ def plot_preprocessing_comparison(inputs: dict[str, torch.Tensor], configs: dict
 
 
 
+# ---------------- 09 training
+
+
+def plot_examples(pixels: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+                  axes: Sequence[Axes] | None = None, title: str = "", ncols: int = 8) -> Figure:
+    """uint8 crops (n, 3, S, S) titled with their class: the data, no model involved."""
+    fig, axes = _axes_grid(pixels.shape[0], axes, ncols, size=1.3)
+    for index, ax in zip(range(pixels.shape[0]), axes):
+        ax.imshow(pixels[index].permute(1, 2, 0).numpy())  # (S, S, 3)
+        ax.set_title(class_names[int(labels[index])], fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(title or "examples")
+    return fig
+
+
+def plot_predictions(pixels: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
+                     class_names: Sequence[str], *, trained: bool, axes: Sequence[Axes] | None = None,
+                     title: str = "", ncols: int = 8) -> Figure:
+    """uint8 crops (n, 3, S, S) titled "true -> predicted", wrong predictions in red."""
+    fig, axes = _axes_grid(pixels.shape[0], axes, ncols, size=1.3)
+    for index, ax in zip(range(pixels.shape[0]), axes):
+        ax.imshow(pixels[index].permute(1, 2, 0).numpy())  # (S, S, 3)
+        label, guess = class_names[int(labels[index])], class_names[int(predictions[index])]
+        colour = {"color": "black" if guess == label else "red"} if trained else {}  # untrained: all red
+        label_panel(ax, f"{label} -> {guess}", trained, fontsize=9, **colour)
+        ax.set_axis_off()
+    label_figure(fig, title or "predictions: true -> predicted", trained)
+    return fig
+
+
+def plot_training_curves(history: dict[str, torch.Tensor], axes: Sequence[Axes] | None = None,
+                         title: str = "") -> Figure:
+    """Loss and accuracy per epoch, train and test, from ``train_vit``'s history: two panels.
+
+    A record of the training run itself (no ``trained`` keyword: there is nothing untrained to label).
+    """
+    fig, axes = _axes_grid(2, axes, ncols=2, size=3.6)
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for split, style in (("train", "o-"), ("test", "s-")):
+            ax.plot(epochs, _numpy(history[f"{split}_{metric}"]), style, markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.legend()
+    axes[1].set_ylim(0, 1.02)
+    axes[1].set_title(f"test accuracy after the last epoch: {float(history['test_accuracy'][-1]):.1%}")
+    axes[0].set_title("cross-entropy (train: with label smoothing)")
+    fig.suptitle(title or "training curves")
+    return fig
+
+
+def plot_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str], *, trained: bool,
+                          ax: Axes | None = None, title: str = "") -> Figure:
+    """Counts (C, C), rows = true class, columns = predicted, with the count in every non-empty cell."""
+    ax = axes_or_new(ax, size=4.5)
+    counts = _numpy(matrix)
+    image = ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(int(counts.max()), 1))
+    ax.figure.colorbar(image, ax=ax, shrink=0.8, label="test images")
+    for (row, col), count in np.ndenumerate(counts):
+        if count:
+            light = count > counts.max() / 2
+            ax.text(col, row, str(count), ha="center", va="center", fontsize=7, color="white" if light else "black")
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names)
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    label_panel(ax, title or f"confusion matrix ({int(np.trace(counts))} of {int(counts.sum())} right)", trained)
+    return ax.figure
+
+
+def plot_feature_embedding(points: torch.Tensor | np.ndarray, labels: torch.Tensor, class_names: Sequence[str],
+                           *, trained: bool, ax: Axes | None = None, title: str = "") -> Figure:
+    """A 2-D embedding (n, 2) of features (t-SNE), one colour per class, the class name at its centre."""
+    ax = axes_or_new(ax, size=4.5)
+    points, labels = _numpy(points), _numpy(labels)
+    colours = _head_colours(len(class_names))
+    for index, name in enumerate(class_names):
+        chosen = points[labels == index]
+        ax.scatter(chosen[:, 0], chosen[:, 1], s=8, color=colours[index], label=name)
+        if len(chosen):
+            ax.text(*np.median(chosen, axis=0), name, fontsize=11, weight="bold", ha="center", va="center")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize="x-small", markerscale=1.5, ncols=2, loc="best")
+    label_panel(ax, title or "t-SNE of the class-token features", trained)
+    return ax.figure
+
+
+def plot_pos_embed_locality(gaps: dict[str, torch.Tensor], ax: Axes | None = None, title: str = "") -> Figure:
+    """Per-epoch locality of the position embeddings: {name: (E,)} gaps of mean cosine similarity.
+
+    Like the training curves, a record of the training run (``locality_per_epoch``), not of loaded weights.
+    """
+    ax = axes_or_new(ax)
+    for (name, values), style in zip(gaps.items(), ("o-", "s-", "^-", "v-")):
+        values = _numpy(values)
+        ax.plot(np.arange(1, len(values) + 1), values, style, markersize=3, label=name)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("difference of mean cosine similarity")
+    ax.legend()
+    ax.set_title(title or "position-embedding locality during training")
+    return ax.figure
+
+
+def plot_deletion_curves(curves: dict[str, torch.Tensor], *, trained: bool, ax: Axes | None = None,
+                         title: str = "") -> Figure:
+    """True-class probability against the fraction of patches deleted, one (K,) curve per order.
+
+    Curves named "random ..." are drawn thin and grey; the legend gives each curve's area.
+    """
+    ax = axes_or_new(ax, size=4.5)
+    for name, curve in curves.items():
+        values = _numpy(curve)
+        fractions = np.linspace(0, 1, len(values))  # the same even steps as training.curve_area
+        style = {"color": "grey", "linewidth": 0.9} if name.startswith("random") else {"linewidth": 2}
+        area = np.trapezoid(values, fractions)
+        ax.plot(fractions, values, "o-", markersize=3, label=f"{name}: area {area:.3f}", **style)
+    ax.set_xlabel("fraction of patches deleted (most important first)")
+    ax.set_ylabel("probability of the true class")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize="small")
+    label_panel(ax, title or "deletion curves: lower area = more faithful order", trained)
+    return ax.figure
+
+
+def plot_randomisation_curves(curves: dict[str, torch.Tensor],
+                              ylabel: str = "Spearman correlation with the trained maps", *, trained: bool,
+                              ax: Axes | None = None, title: str = "") -> Figure:
+    """One (L + 1,) value per randomisation step and explanation: step k = top k blocks re-initialised."""
+    ax = axes_or_new(ax, size=4.5)
+    for name, curve in curves.items():
+        values = _numpy(curve)
+        ax.plot(np.arange(len(values)), values, "o-", label=name)
+    steps = len(next(iter(curves.values())))
+    ax.set_xticks(np.arange(steps), ["trained"] + [f"top {k}" for k in range(1, steps)])
+    ax.axhline(0 if "correlation" in ylabel else 1, color="grey", linewidth=0.8)
+    low = min(-0.1, *(float(c.min()) for c in curves.values()))
+    ax.set_ylim(low, max(1.05, *(1.05 * float(c.max()) for c in curves.values())))
+    ax.set_xlabel("blocks re-initialised (from the top)")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    label_panel(ax, title or "model-randomisation check", trained)
+    return ax.figure
+
+
 # ---------------- 10 attention explorer
 # Drawn for a projector: large type, one colour bar per panel starting at 0, and a red
 # label on every panel when the weights are not known to be trained. The head panels are

@@ -47,10 +47,11 @@ PROXY_FAILURES = (407, 502, 503, 504)  # a proxy's own answers: auth wanted, ups
 class Provenance:
     """Where a model's weights came from.
 
-    ``source`` is one of "local file", "hub cache", "hub download", "random".
+    ``source`` is one of "local file", "hub cache", "hub download", "random", "shipped".
     ``trained``: treat the weights as trained; False only when they are KNOWN untrained
     (random init, or a file saved as untrained). ``training_known``: False for a local
-    file without this suite's metadata, which may hold anything.
+    file without this suite's metadata, which may hold anything. ``trained_on``: what a
+    file saved by ``vit-inspect train`` says it was trained on.
     """
 
     model: str
@@ -59,6 +60,7 @@ class Provenance:
     path: str | None = None
     seed: int | None = None
     training_known: bool = True
+    trained_on: str | None = None
 
     @property
     def label(self) -> str:
@@ -66,6 +68,8 @@ class Provenance:
 
         Untrained weights never carry a pretrained tag: only the architecture is named.
         """
+        if self.trained and self.trained_on:
+            return f"{self.model} trained here on {self.trained_on} ({self.source})"
         if not self.trained:
             origin = f"random init, seed {self.seed}" if self.source == "random" else \
                 f"{self.source} saved as untrained"
@@ -92,10 +96,17 @@ def load_vit(name: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto",
              seed: int = 0, verbose: bool = True) -> LoadedViT:
     """Create timm model ``name`` in eval mode with weights from ``weights``.
 
-    ``weights``: "auto" | "pretrained" | "random" | a local file path (``~`` expanded; a
-    folder holding ``model.safetensors`` stands for that file).
+    ``weights``: "auto" | "pretrained" | "random" | "digits" (the small ViT trained here,
+    shipped in data/) | a local file path (``~`` expanded; a folder holding
+    ``model.safetensors`` stands for that file). A file saved by ``vit-inspect train``
+    names its own architecture in its header, which then replaces ``name``.
     Returns ``(model, provenance)``.
     """
+    from .training import load_trained, trained_here_path  # the format of `vit-inspect train`
+
+    trained_here = trained_here_path(weights)
+    if trained_here is not None:
+        return load_trained(trained_here, "local file" if trained_here == Path(weights) else "shipped")
     model = create_untrained(name, seed)
     from_env = weights == "auto" and bool(os.environ.get(WEIGHTS_ENV))
     try:
@@ -107,6 +118,8 @@ def load_vit(name: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto",
             if weights == "auto" and verbose:
                 print(untrained_banner(name, seed), file=sys.stderr)
             return LoadedViT(model.eval(), Provenance(name, "random", False, None, seed))
+        if trained_here_path(path) is not None:  # e.g. VIT_INSPECT_WEIGHTS names a file from `vit-inspect train`
+            return load_trained(path, source)
         load_weights_file(model, path)
     except WeightsError as err:
         if from_env:

@@ -1,0 +1,498 @@
+"""Training a small ViT here: data routes, the recipe, weight files, and the analyses of notebook 09.
+
+The learned claims themselves (on the shipped weights) are in test_learned_claims.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision.datasets
+from PIL import Image
+
+from vit_inspect import (VitInspectError, ViTSpec, TrainConfig, TrainingData, build_vit, capture, class_token_maps,
+                         confusion_matrix, curve_area, delete_patches, deletion_curve, deletion_curves,
+                         first_block_distance, grid_size_of, importance_order, ink_ratio, linear_baseline, load_dataset,
+                         load_trained, load_vit, mean_attention_distance, model_input, num_prefix_tokens_of,
+                         patch_ink, pooled_features, predict_logits, preprocess, random_order, randomisation_curves,
+                         randomise_top_blocks, randomised_maps, rank_correlation, run_ablations, save_trained, shipped_weights,
+                         spec_of, train_vit, training_metadata, untrained_like, attention_rollout, rollout_to_grid)
+from vit_inspect import training as training_module
+from vit_inspect.weights import WEIGHTS_ENV
+
+SMALL = ViTSpec(embed_dim=16, depth=2, num_heads=2, mlp_ratio=1.0)  # fast stand-in with the same layout
+QUICK = TrainConfig(epochs=2, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def digits() -> TrainingData:
+    return load_dataset("digits")
+
+
+def subset(data: TrainingData, n_train: int, n_test: int) -> TrainingData:
+    return data._replace(train_images=data.train_images[:n_train], train_labels=data.train_labels[:n_train],
+                         test_images=data.test_images[:n_test], test_labels=data.test_labels[:n_test])
+
+
+# ---------------------------------------------------------------- the model
+
+
+def test_build_vit_is_a_timm_vit_with_its_own_data_config():
+    model = build_vit()
+    x = preprocess(Image.new("RGB", (8, 8), "white"), model).tensor  # (1, 3, 32, 32)
+    assert x.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(x, torch.ones_like(x))  # white -> 1 with mean = std = 0.5
+    assert grid_size_of(model) == (8, 8) and num_prefix_tokens_of(model) == 1
+    assert model(x).shape == (1, 10) and not model.training
+    assert spec_of(model) == ViTSpec()
+    assert capture(model, x)["attention"].shape == (1, 4, 4, 65, 65)
+
+
+def test_build_vit_is_seeded_and_leaves_the_global_rng_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first, second, other = build_vit(seed=1), build_vit(seed=1), build_vit(seed=2)
+    torch.testing.assert_close(torch.rand(3), expected)
+    torch.testing.assert_close(first.blocks[0].attn.qkv.weight, second.blocks[0].attn.qkv.weight, rtol=0, atol=0)
+    assert not torch.equal(first.blocks[0].attn.qkv.weight, other.blocks[0].attn.qkv.weight)
+
+
+def test_ablation_switches():
+    from timm.layers import build_sincos2d_pos_embed
+
+    mean_pool = build_vit(dataclasses.replace(ViTSpec(), class_token=False))
+    assert num_prefix_tokens_of(mean_pool) == 0 and mean_pool.global_pool == "avg"
+    assert build_vit(dataclasses.replace(ViTSpec(), pos_embed="none")).pos_embed is None
+    sincos = build_vit(dataclasses.replace(ViTSpec(), pos_embed="sincos"))
+    assert not sincos.pos_embed.requires_grad
+    torch.testing.assert_close(sincos.pos_embed[0, 1:], build_sincos2d_pos_embed([8, 8], dim=64))
+    torch.testing.assert_close(sincos.pos_embed[0, 0], torch.zeros(64))
+    assert grid_size_of(build_vit(dataclasses.replace(ViTSpec(), patch_size=8))) == (4, 4)
+    with pytest.raises(VitInspectError, match="pos_embed"):
+        build_vit(dataclasses.replace(ViTSpec(), pos_embed="rope"))
+
+
+def test_untrained_like_has_the_same_architecture_and_other_weights():
+    model = build_vit(SMALL, seed=3)
+    fresh = untrained_like(model, seed=4)
+    assert spec_of(fresh) == SMALL
+    assert model.state_dict().keys() == fresh.state_dict().keys()
+    assert not torch.equal(model.pos_embed, fresh.pos_embed)
+    for name in ("norm.weight", "norm.bias", "blocks.0.attn.qkv.bias", "cls_token"):  # no constant left
+        assert fresh.state_dict()[name].std() > 0.01, f"{name} is still timm's constant initialisation"
+    with pytest.raises(VitInspectError, match="build_vit"):
+        spec_of(torch.nn.Linear(2, 2))
+
+
+# ---------------------------------------------------------------- the data
+
+
+def test_digits_split_is_stratified_seeded_and_disjoint(digits):
+    assert digits.train_images.shape == (1437, 3, 32, 32) and digits.test_images.shape == (360, 3, 32, 32)
+    assert digits.train_images.dtype == torch.uint8 and digits.class_names == tuple("0123456789")
+    counts = torch.bincount(digits.test_labels, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # 20% of ~180 per class
+    again = load_dataset("digits")
+    assert torch.equal(again.test_images, digits.test_images) and torch.equal(again.test_labels, digits.test_labels)
+    other = load_dataset("digits", split_seed=1)
+    assert not torch.equal(other.test_labels, digits.test_labels)
+    train_rows = {bytes(image.numpy()) for image in digits.train_images}
+    # a few digits occur twice in the scans; almost all test images are unseen in training
+    assert sum(bytes(image.numpy()) in train_rows for image in digits.test_images) < 5
+
+
+def test_digits_are_what_preprocess_gives_for_the_scan(digits):
+    """The training crops are exactly the model's own preprocessing of the 8x8 scans, white ink on black."""
+    from sklearn.datasets import load_digits
+
+    model = build_vit()
+    scan = load_digits().images[0]  # (8, 8), 0..16
+    image = Image.fromarray(np.round(scan * 255 / 16).astype(np.uint8), mode="L")
+    x = preprocess(image, model).tensor  # (1, 3, 32, 32)
+    all_inputs = model_input(model, torch.cat([digits.train_images, digits.test_images]))  # (n, 3, 32, 32)
+    closest = (all_inputs - x).abs().flatten(1).amax(dim=1).min()
+    assert closest == 0, "digit 0 must be in the data exactly as preprocess makes it"
+    assert x.min() == -1 and x.max() > 0.5  # black background, bright ink
+
+
+def test_folder_of_class_folders(class_folders):
+    data = load_dataset(class_folders)
+    assert data.class_names == ("circle", "square", "stripe")
+    assert data.train_images.shape == (12, 3, 32, 32) and data.test_images.shape == (3, 3, 32, 32)
+    assert sorted(data.test_labels.tolist()) == [0, 1, 2]  # stratified: one of each class held out
+    # class k's pixels were drawn around 80 k: the labels follow the folders
+    brightness = data.train_images.float().mean(dim=(1, 2, 3))  # (n,)
+    for label in range(3):
+        chosen = brightness[data.train_labels == label]
+        assert (chosen > 80 * label).all() and (chosen < 80 * label + 60).all()
+
+
+def test_folder_errors_are_one_line(tmp_path):
+    one_class = tmp_path / "one"
+    (one_class / "only").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(one_class / "only" / "a.png")
+    lonely = tmp_path / "lonely"
+    for name, count in (("a", 3), ("b", 1)):
+        (lonely / name).mkdir(parents=True)
+        for k in range(count):
+            Image.new("RGB", (4, 4)).save(lonely / name / f"{k}.png")
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "flat" / "a.png")
+    cases = [(tmp_path / "missing", "no such folder"), (one_class, "at least 2"),
+             (lonely, "cannot split"), (tmp_path / "flat", "sub-folder")]
+    for folder, words in cases:
+        with pytest.raises(VitInspectError, match=words) as caught:
+            load_dataset(folder)
+        assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
+
+
+class FakeTorchvisionSet:
+    """Stands in for a torchvision dataset class: records how it was called, never downloads."""
+    calls: list = []
+
+    def __init__(self, root, train, download):
+        FakeTorchvisionSet.calls.append((type(self).__name__, root, train, download))
+        size = 6 if train else 4
+        self.targets = [k % 2 for k in range(size)]
+        self.classes = ["even", "odd"]
+        self.images = [Image.new("L", (28, 28), 40 * k) for k in range(size)]
+
+    def __iter__(self):
+        return iter(zip(self.images, self.targets))
+
+
+@pytest.mark.parametrize("name, class_name", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST"),
+                                              ("cifar10", "CIFAR10")])
+def test_torchvision_sets_by_name_use_their_official_split(monkeypatch, tmp_path, name, class_name):
+    fake = type(class_name, (FakeTorchvisionSet,), {})
+    monkeypatch.setattr(torchvision.datasets, class_name, fake)
+    FakeTorchvisionSet.calls = []
+    data = load_dataset(name, root=tmp_path)
+    assert FakeTorchvisionSet.calls == [(class_name, str(tmp_path), True, True), (class_name, str(tmp_path), False, True)]
+    assert data.train_images.shape == (6, 3, 32, 32) and data.test_images.shape == (4, 3, 32, 32)
+    assert data.split_seed is None and "official" in data.split and data.class_names == ("even", "odd")
+
+
+def test_torchvision_set_without_network_is_one_clear_line(monkeypatch, tmp_path):
+    def offline(root, train, download):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://...")
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(VitInspectError) as caught:
+        load_dataset("mnist", root=tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and "mnist" in message and str(tmp_path) in message
+    assert "network" in message and "digits" in message
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def test_augment_identity_and_black_fill():
+    pixels = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    still = TrainConfig(max_rotation=0, max_scale=0, max_shift=0)
+    torch.testing.assert_close(training_module.augment(pixels, still, generator), pixels.float() / 255)
+    nearly = TrainConfig(max_rotation=1e-7, max_scale=1e-9, max_shift=1e-9)  # the affine path, all but identity
+    torch.testing.assert_close(training_module.augment(pixels, nearly, generator), pixels.float() / 255,
+                               rtol=0, atol=1e-4)
+    shifted = training_module.augment(torch.full_like(pixels, 255), TrainConfig(max_rotation=0, max_scale=0,
+                                                                                 max_shift=0.25), generator)
+    assert shifted.min() == 0 and shifted.max() == 1  # black comes in from outside the image
+
+
+def test_augmentation_is_a_rotation_a_scale_and_a_shift_within_the_limits():
+    config = TrainConfig(max_rotation=30, max_scale=0.2, max_shift=0.1)
+    theta = training_module.affine_matrices(500, config, torch.Generator().manual_seed(0))  # (500, 2, 3)
+    linear, shift = theta[:, :, :2], theta[:, :, 2]  # (500, 2, 2), (500, 2)
+    scale = linear.det().rsqrt()  # a rotation divided by the scale has determinant 1 / scale^2
+    torch.testing.assert_close(linear @ linear.transpose(1, 2), torch.eye(2).expand(500, 2, 2) / scale[:, None, None] ** 2)
+    angle = torch.atan2(linear[:, 1, 0], linear[:, 0, 0]).rad2deg()  # (500,)
+    assert angle.abs().max() <= 30 and angle.abs().max() > 25 and (angle > 0).any() and (angle < 0).any()
+    assert (scale - 1).abs().max() <= 0.2 + 1e-6 and shift.abs().max() <= 0.2
+
+
+def test_training_is_seeded_and_returns_the_history(digits):
+    data = subset(digits, 256, 64)
+    histories, models = [], []
+    for _ in range(2):
+        model = build_vit(SMALL, seed=0)
+        histories.append(train_vit(model, data, QUICK, progress=False))
+        models.append(model)
+    first, second = histories
+    assert set(first) == {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
+                          "pos_embed_similarity"}
+    assert first["pos_embed_similarity"].shape == (2, 8, 8, 8, 8) and first["test_accuracy"].shape == (2,)
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+    torch.testing.assert_close(models[0].pos_embed, models[1].pos_embed, rtol=0, atol=0)
+    assert not models[0].training and models[0].pos_embed.device.type == "cpu"
+    logits = predict_logits(models[0], data.test_images)  # (64, 10)
+    torch.testing.assert_close(first["test_accuracy"][-1],
+                               (logits.argmax(-1) == data.test_labels).float().mean())
+    other = build_vit(SMALL, seed=0)
+    third = train_vit(other, data, dataclasses.replace(QUICK, seed=1), progress=False)
+    assert not torch.equal(third["train_loss"], first["train_loss"])
+
+
+def test_training_learns(digits):
+    """240 steps in batches of 8 memorise most of 32 images: the loop, the loss and the labels fit together."""
+    data = subset(digits, 32, 32)
+    still = TrainConfig(epochs=60, batch_size=8, lr=1e-3, warmup_epochs=2, weight_decay=0, label_smoothing=0,
+                        max_rotation=0, max_scale=0, max_shift=0)
+    history = train_vit(build_vit(ViTSpec(depth=1)), data, still, progress=False)
+    assert history["train_loss"][-1] < history["train_loss"][0] - 1.0, history["train_loss"][::10]
+    assert history["train_accuracy"][-1] > 0.5, history["train_accuracy"][-10:]
+
+
+def test_optimizer_leaves_position_embedding_and_norms_without_weight_decay():
+    model = build_vit(SMALL)
+    optimizer = training_module._optimizer(model, TrainConfig())
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert "blocks.0.attn.qkv.weight" in names and "head.weight" in names
+    assert not names & {"pos_embed", "cls_token", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"}
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    model = build_vit(SMALL)
+    config = TrainConfig(epochs=4, warmup_epochs=1, lr=1.0)
+    optimizer = training_module._optimizer(model, config)
+    schedule = training_module._schedule(optimizer, config, steps_per_epoch=10)
+    rates = []
+    for _ in range(40):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] < 0.01
+
+
+# ---------------------------------------------------------------- weight files
+
+
+@pytest.mark.parametrize("changes", [{}, {"class_token": False}, {"pos_embed": "sincos"}, {"patch_size": 8}])
+def test_saved_file_rebuilds_its_architecture(digits, tmp_path, changes):
+    spec = dataclasses.replace(SMALL, **changes)
+    model = build_vit(spec, seed=2)
+    path = save_trained(model, tmp_path / "w.safetensors", digits, QUICK, test_accuracy=0.5)
+    loaded, provenance = load_vit(weights=path)  # the name is not needed: the header has the architecture
+    assert spec_of(loaded) == spec
+    x = model_input(model, digits.test_images[:3])  # (3, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert provenance.trained and provenance.trained_on == "digits" and provenance.source == "local file"
+    assert "trained here on digits" in provenance.label and "UNTRAINED" not in provenance.label
+
+
+def test_header_says_what_the_weights_are(digits, tmp_path):
+    path = save_trained(build_vit(SMALL), tmp_path / "w.safetensors", digits, QUICK, test_accuracy=0.8125)
+    info = training_metadata(path)
+    assert info["dataset"] == "digits" and info["split_seed"] == 0 and info["epochs"] == 2
+    assert info["test_accuracy"] == 0.8125 and info["num_train"] == 1437 and info["num_test"] == 360
+    assert info["architecture"] == dataclasses.asdict(SMALL) and info["class_names"] == list("0123456789")
+    assert info["train_config"] == dataclasses.asdict(QUICK)
+
+
+def test_other_weight_files_are_not_taken_for_trained_here(tmp_path, tiny):
+    from vit_inspect import save_weights
+
+    plain = save_weights(tiny, tmp_path / "plain.safetensors", untrained=True)
+    assert training_metadata(plain) is None and training_metadata(tmp_path / "missing.safetensors") is None
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    assert training_metadata(tmp_path / "junk.safetensors") is None
+    with pytest.raises(VitInspectError, match="vit-inspect train"):
+        load_trained(plain)
+
+
+def test_environment_variable_may_name_a_trained_here_file(digits, tmp_path, monkeypatch):
+    path = save_trained(build_vit(SMALL), tmp_path / "w.safetensors", digits, QUICK, test_accuracy=0.5)
+    monkeypatch.setenv(WEIGHTS_ENV, str(path))
+    model, provenance = load_vit()
+    assert spec_of(model) == SMALL and provenance.trained_on == "digits"
+
+
+def test_shipped_digits_weights(digits):
+    path = shipped_weights("digits")
+    assert path.stat().st_size < 5 * 2 ** 20
+    model, provenance = load_vit(weights="digits")
+    assert provenance.source == "shipped" and provenance.trained and provenance.path == str(path)
+    assert provenance.label.endswith("trained here on digits (shipped)")
+    info = training_metadata(path)
+    assert info["dataset"] == "digits" and info["split_seed"] == 0 and spec_of(model) == ViTSpec(**info["architecture"])
+    assert info["train_config"] == dataclasses.asdict(TrainConfig()), "the shipped file follows the current recipe"
+    assert spec_of(model) == ViTSpec(), "the shipped file has the default architecture"
+    listed = (path.parent / "SHA256SUMS").read_text()
+    assert f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}" in listed
+    with pytest.raises(VitInspectError, match="no shipped weights"):
+        shipped_weights("imagenet")
+
+
+# ---------------------------------------------------------------- analyses
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return build_vit(SMALL, seed=0)
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    predictions = torch.tensor([0, 1, 1, 2, 0, 2])
+    expected = torch.tensor([[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+    assert torch.equal(confusion_matrix(predictions, labels, 3), expected)
+
+
+def test_linear_baseline_on_the_same_split(digits):
+    result = linear_baseline(subset(digits, 400, 100))
+    assert result["predictions"].shape == (100,)
+    torch.testing.assert_close(result["accuracy"], (result["predictions"] == digits.test_labels[:100]).double().mean())
+    assert result["accuracy"] > 0.8  # pixels of digits are nearly linearly separable
+    shuffled = subset(digits, 400, 100)
+    shuffled = shuffled._replace(train_labels=shuffled.train_labels[torch.randperm(400, generator=torch.Generator().manual_seed(0))])
+    assert linear_baseline(shuffled)["accuracy"] < 0.3, "it learns from the training labels only"
+
+
+def test_pooled_features_are_what_the_head_reads(small_model, digits):
+    pixels = digits.test_images[:5]
+    features = pooled_features(small_model, pixels)  # (5, D)
+    torch.testing.assert_close(small_model.head(features), predict_logits(small_model, pixels))
+    tokens = small_model.forward_features(model_input(small_model, pixels))  # (5, N, D)
+    torch.testing.assert_close(features, tokens[:, 0])  # the class token after the final norm
+
+
+def test_class_token_maps_follow_the_captured_attention(small_model, digits):
+    pixels = digits.test_images[:3]
+    maps = class_token_maps(small_model, pixels)
+    attention = capture(small_model, model_input(small_model, pixels))["attention"]  # (3, L, H, 65, 65)
+    torch.testing.assert_close(maps["rollout"], rollout_to_grid(attention_rollout(attention), (8, 8), 1))
+    by_hand = attention[:, -1, :, 0, 1:].mean(dim=1).reshape(3, 8, 8)  # (3, 8, 8), row-major patches
+    torch.testing.assert_close(maps["last-layer attention"], by_hand)
+
+
+def test_first_block_distance_is_the_first_layer_of_the_full_analysis(small_model, digits):
+    pixels = digits.test_images[:4]
+    attention = capture(small_model, model_input(small_model, pixels))["attention"]
+    full = mean_attention_distance(attention, (8, 8), 1, 4).mean(dim=0)  # (L, H)
+    torch.testing.assert_close(first_block_distance(small_model, pixels), full[0])
+
+
+def test_patch_ink_and_ink_ratio():
+    pixels = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    pixels[0, :, 0:4, 4:8] = 255  # patch (row 0, col 1) fully inked, with 4-pixel patches
+    pixels[0, :, 4:6, 0:4] = 255  # patch (row 1, col 0) half inked
+    ink = patch_ink(pixels, 4)
+    assert torch.equal(ink, torch.tensor([[[0.0, 1.0], [0.5, 0.0]]]))
+    ink[0, 1, 0] = 0
+    maps = torch.tensor([[[1.0, 3.0], [1.0, 1.0]]])
+    torch.testing.assert_close(ink_ratio(maps, ink), torch.tensor([3.0]))
+
+
+def test_delete_patches_blackens_the_first_patches_of_the_order():
+    pixels = torch.full((2, 3, 8, 8), 200, dtype=torch.uint8)
+    order = torch.tensor([[1, 2, 0, 3], [3, 0, 1, 2]])  # patches of a 2x2 grid, row-major
+    assert torch.equal(delete_patches(pixels, order, 0, 4), pixels)
+    assert delete_patches(pixels, order, 4, 4).max() == 0
+    one = delete_patches(pixels, order, 1, 4)
+    assert one[0, :, 0:4, 4:8].max() == 0 and one[0].float().mean() == 150  # patch 1 = row 0, col 1
+    assert one[1, :, 4:8, 4:8].max() == 0 and one[1].float().mean() == 150  # patch 3 = row 1, col 1
+
+
+def test_orders():
+    maps = torch.tensor([[[0.1, 0.9], [0.5, 0.3]]])
+    assert importance_order(maps).tolist() == [[1, 2, 3, 0]]
+    first, again, other = random_order(3, 16, 0), random_order(3, 16, 0), random_order(3, 16, 1)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(first.sort(dim=1).values, torch.arange(16).expand(3, 16))
+
+
+def test_deletion_curve_starts_from_the_intact_image_and_ends_black(small_model, digits):
+    pixels, labels = digits.test_images[:6], digits.test_labels[:6]
+    order = random_order(6, 64, 0)
+    curve = deletion_curve(small_model, pixels, labels, order, steps=4)  # (6, 5)
+    intact = predict_logits(small_model, pixels).softmax(-1).gather(1, labels[:, None])[:, 0]
+    black = predict_logits(small_model, torch.zeros_like(pixels)).softmax(-1).gather(1, labels[:, None])[:, 0]
+    assert curve.shape == (6, 5)
+    torch.testing.assert_close(curve[:, 0], intact)
+    torch.testing.assert_close(curve[:, -1], black)
+    curves = deletion_curves(small_model, pixels, labels, steps=4, random_seeds=(0, 1))
+    assert list(curves) == ["rollout", "last-layer attention", "random (seed 0)", "random (seed 1)"]
+    torch.testing.assert_close(curves["random (seed 0)"], curve.mean(dim=0))
+
+
+def test_curve_area():
+    torch.testing.assert_close(curve_area(torch.linspace(1, 0, 9)), torch.tensor(0.5))
+    torch.testing.assert_close(curve_area(torch.ones(2, 5)), torch.ones(2))
+
+
+def test_rank_correlation_is_spearman():
+    from scipy.stats import spearmanr
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.rand(4, 8, 8, generator=generator), torch.rand(4, 8, 8, generator=generator)
+    expected = [spearmanr(a[i].flatten(), b[i].flatten()).statistic for i in range(4)]
+    torch.testing.assert_close(rank_correlation(a, b), torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(rank_correlation(a, a * 3 + 1), torch.ones(4, dtype=torch.float64))
+
+
+def test_randomise_top_blocks(small_model):
+    before = {k: v.clone() for k, v in small_model.state_dict().items()}
+    same = randomise_top_blocks(small_model, 0, seed=7)
+    top = randomise_top_blocks(small_model, 1, seed=7)
+    fresh = build_vit(SMALL, seed=7)  # timm's init; small_model itself has seed 0
+    for key, value in small_model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)  # the model itself is untouched
+        torch.testing.assert_close(same.state_dict()[key], value, rtol=0, atol=0)
+        expected = fresh.state_dict()[key] if key.startswith("blocks.1.") else value
+        torch.testing.assert_close(top.state_dict()[key], expected, rtol=0, atol=0)
+
+
+def test_randomisation_steps_and_curves(small_model, digits):
+    pixels = digits.test_images[:8]
+    maps = randomised_maps(small_model, pixels, seed=5)
+    assert set(maps) == {"rollout", "last-layer attention"} and maps["rollout"].shape == (3, 8, 8, 8)
+    torch.testing.assert_close(maps["rollout"][0], class_token_maps(small_model, pixels)["rollout"])
+    top = class_token_maps(randomise_top_blocks(small_model, 1, seed=5), pixels)
+    torch.testing.assert_close(maps["last-layer attention"][1], top["last-layer attention"])
+    curves = randomisation_curves(maps)
+    for name, curve in curves.items():
+        assert curve.shape == (3,)
+        torch.testing.assert_close(curve[0], torch.tensor(1.0, dtype=torch.float64))
+        torch.testing.assert_close(curve[2], rank_correlation(maps[name][0], maps[name][2]).mean())
+
+
+def test_ink_ratio_per_randomisation_step():
+    ink = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])  # (B, gh, gw)
+    stacked = torch.tensor([[[[1.0, 3.0], [1.0, 1.0]]], [[[2.0, 2.0], [2.0, 2.0]]]])  # (2, B, gh, gw)
+    torch.testing.assert_close(ink_ratio(stacked, ink), torch.tensor([[3.0], [1.0]]))
+
+
+def test_run_ablations_trains_every_variant_with_its_seeds(digits, monkeypatch):
+    data = subset(digits, 64, 32)
+    calls = []
+    real_train = training_module.train_vit
+
+    def spy(model, data, config, progress):
+        calls.append((spec_of(model), config.seed, float(model.pos_embed.detach().sum())))
+        return real_train(model, data, config, progress=progress)
+    monkeypatch.setattr(training_module, "train_vit", spy)
+    ablations = {"baseline": {}, "mean pooling": {"class_token": False}}
+    results = run_ablations(data, SMALL, TrainConfig(epochs=1, batch_size=32), {"baseline": (0, 1),
+                                                                                "mean pooling": (0,)}, ablations)
+    assert results["baseline"].shape == (2,) and results["mean pooling"].shape == (1,)
+    mean_pool = dataclasses.replace(SMALL, class_token=False)
+    expected = [(SMALL, 0, build_vit(SMALL, 0)), (SMALL, 1, build_vit(SMALL, 1)), (mean_pool, 0, build_vit(mean_pool, 0))]
+    assert [(spec, seed) for spec, seed, _ in calls] == [(spec, seed) for spec, seed, _ in expected]
+    for (_, _, start), (_, _, model) in zip(calls, expected):
+        assert start == float(model.pos_embed.detach().sum()), "each run starts from build_vit(variant, seed)"
+    assert all(0 <= float(a) <= 1 for values in results.values() for a in values)
+
+
+def test_chance_level_is_what_untrained_weights_give(digits):
+    """Sanity of the learned-claim tests' reference: untrained weights are at chance on digits."""
+    model = untrained_like(build_vit(), seed=0)
+    accuracy = (predict_logits(model, digits.test_images).argmax(-1) == digits.test_labels).float().mean()
+    assert accuracy < 0.25 and not math.isnan(float(accuracy))

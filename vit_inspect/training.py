@@ -1,0 +1,747 @@
+"""Notebook 09_training: a small ViT trained from scratch, here, and what it learned, checked.
+
+The model is a stock timm ``VisionTransformer`` (32x32 input, 4-pixel patches on an 8x8
+grid, D = 64, 4 heads), so every helper of the suite (``capture``, rollout, mean
+attention distance, ``pos_embed_similarity``, ``preprocess``) works on it unchanged; its
+``pretrained_cfg`` carries the data config (input size, mean/std, resize + crop).
+
+Data: scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, no network
+needed) upscaled to 32x32, with a seeded stratified train/test split; a folder of class
+sub-folders; or, where there is network, torchvision's MNIST, Fashion-MNIST, CIFAR-10.
+Every dataset is held as uint8 crops (n, 3, S, S): exactly what ``preprocess`` gives
+for the same picture, before normalisation.
+
+A file from :func:`save_trained` names its architecture, data and test accuracy in its
+safetensors header, so ``load_vit(weights=path)`` rebuilds it; the digits model trained
+by ``make train`` ships in ``data/`` (``load_vit(weights="digits")``).
+
+Also the learned-claim analyses: ink vs background under rollout, deletion curves
+(faithfulness) and the model-randomisation sanity check (Adebayo et al. 2018).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention_maps import attention_rollout, rollout_to_grid
+from .errors import VitInspectError, WeightsError
+from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of, tokens_to_grid
+from .position_embeddings import neighbour_similarity_stats, pos_embed_similarity
+from .recorder import capture
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .weights import LoadedViT
+
+DIGITS = "digits"
+TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+DATASETS = (DIGITS, *TORCHVISION_DATASETS)  # or a folder of class sub-folders
+SHIPPED_WEIGHTS = {DIGITS: "vit_digits.safetensors"}  # short name -> file in data/
+TRAINED_HERE_KEY = "vit_inspect_trained_here"  # safetensors header marker of save_trained
+SPEC_KEY = "vit_inspect_spec"  # the ViTSpec, kept in the model's pretrained_cfg
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+# every model here sees pixels in [-1, 1]; 8x8 digits are enlarged with bilinear resampling
+DATA_CONFIG = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
+               "crop_pct": 1.0, "crop_mode": "center"}
+
+
+# ---------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class ViTSpec:
+    """The architecture, as timm's VisionTransformer arguments plus two ablation switches.
+
+    ``class_token=False`` pools by the mean of the patch tokens; ``pos_embed`` is
+    "learn" (learned, timm's default), "sincos" (fixed 2-D sine-cosine) or "none".
+    """
+
+    img_size: int = 32
+    patch_size: int = 4
+    embed_dim: int = 64
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 2.0
+    num_classes: int = 10
+    class_token: bool = True
+    pos_embed: str = "learn"
+
+    @property
+    def name(self) -> str:
+        pooling = "" if self.class_token else "_meanpool"
+        position = "" if self.pos_embed == "learn" else f"_pos{self.pos_embed}"
+        return (f"vit_d{self.embed_dim}_depth{self.depth}_heads{self.num_heads}_patch{self.patch_size}"
+                f"_{self.img_size}{pooling}{position}")
+
+
+def build_vit(spec: ViTSpec = ViTSpec(), seed: int = 0) -> nn.Module:
+    """A timm VisionTransformer for ``spec`` with seeded random weights, in eval mode.
+
+    Its ``pretrained_cfg`` holds the data config that ``preprocess`` reads; the
+    caller's random state is left untouched.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    if spec.pos_embed not in ("learn", "sincos", "none"):
+        raise VitInspectError(f"pos_embed must be 'learn', 'sincos' or 'none', got {spec.pos_embed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = VisionTransformer(
+            img_size=spec.img_size, patch_size=spec.patch_size, embed_dim=spec.embed_dim, depth=spec.depth,
+            num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio, num_classes=spec.num_classes,
+            class_token=spec.class_token, global_pool="token" if spec.class_token else "avg",
+            pos_embed="none" if spec.pos_embed == "none" else "learn")
+    if spec.pos_embed == "sincos":
+        _fix_sincos(model)
+    model.pretrained_cfg = {**DATA_CONFIG, "input_size": (3, spec.img_size, spec.img_size),
+                            "num_classes": spec.num_classes, "architecture": spec.name, SPEC_KEY: asdict(spec)}
+    model.default_cfg = model.pretrained_cfg
+    return model.eval()
+
+
+def _fix_sincos(model: nn.Module) -> None:
+    """Fixed 2-D sine-cosine position embedding for the patches, zero for the prefix tokens."""
+    from timm.layers import build_sincos2d_pos_embed
+
+    gh, gw = grid_size_of(model)
+    prefix = num_prefix_tokens_of(model)
+    table = build_sincos2d_pos_embed([gh, gw], dim=model.embed_dim)  # (gh*gw, D)
+    with torch.no_grad():
+        model.pos_embed.zero_()
+        model.pos_embed[0, prefix:] = table
+    model.pos_embed.requires_grad_(False)
+
+
+def spec_of(model: nn.Module) -> ViTSpec:
+    """The ViTSpec a model from :func:`build_vit` (or a file of :func:`save_trained`) was built from."""
+    spec = (getattr(model, "pretrained_cfg", None) or {}).get(SPEC_KEY)
+    if spec is None:
+        raise VitInspectError(f"{type(model).__name__} was not built by vit_inspect.build_vit")
+    return ViTSpec(**spec)
+
+
+def untrained_like(model: nn.Module, seed: int = 0) -> nn.Module:
+    """The same architecture as ``model`` with seeded random (untrained) weights, eval mode.
+
+    Like ``create_untrained``: timm's constant initialisations (norms, biases, class token,
+    position embedding) are redrawn too, so no claim passes because a parameter is constant.
+    """
+    from .weights import randomise_constant_init
+
+    spec = spec_of(model)
+    untrained = build_vit(spec, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        randomise_constant_init(untrained)
+    if spec.pos_embed == "sincos":  # fixed, not learned: the same table trained or not
+        _fix_sincos(untrained)
+    return untrained
+
+
+# ---------------------------------------------------------------- the data
+
+
+class TrainingData(NamedTuple):
+    """A labelled image set split into train and test, as uint8 crops the model sees."""
+
+    name: str                   # "digits", "mnist", ..., or the folder
+    train_images: torch.Tensor  # (n_train, 3, S, S) uint8
+    train_labels: torch.Tensor  # (n_train,) int64
+    test_images: torch.Tensor   # (n_test, 3, S, S) uint8
+    test_labels: torch.Tensor   # (n_test,) int64
+    class_names: tuple[str, ...]
+    split: str                  # how train and test were separated
+    split_seed: int | None      # None for a dataset's official split
+
+
+def load_dataset(dataset: str | os.PathLike = DIGITS, img_size: int = 32, split_seed: int = SPLIT_SEED,
+                 root: str | os.PathLike | None = None) -> TrainingData:
+    """``dataset``: "digits" | "mnist" | "fashion-mnist" | "cifar10" | a folder of class sub-folders.
+
+    Digits and folders get a stratified split (``TEST_FRACTION`` held out, seeded by
+    ``split_seed``); torchvision's sets keep their official train/test split and are
+    downloaded into ``root`` (default ``~/.cache/vit-inspect/datasets``) on first use.
+    """
+    crop = crop_transform(img_size)
+    if dataset == DIGITS:
+        return _digits(crop, split_seed)
+    if isinstance(dataset, str) and dataset in TORCHVISION_DATASETS:
+        return _torchvision(dataset, crop, Path(root) if root else default_dataset_root())
+    return _folder(Path(dataset), crop, split_seed)
+
+
+def crop_transform(img_size: int) -> Callable[[Image.Image], Image.Image]:
+    """PIL image -> the img_size x img_size crop, exactly the geometric part of ``preprocess``."""
+    from timm.data import create_transform
+
+    from .images import split_transform
+
+    eval_transform = create_transform(**DATA_CONFIG, input_size=(3, img_size, img_size), is_training=False)
+    return split_transform(eval_transform)[0]
+
+
+def default_dataset_root() -> Path:
+    return Path.home() / ".cache" / "vit-inspect" / "datasets"
+
+
+def _pixels(images, crop: Callable) -> torch.Tensor:
+    """PIL images (any mode) -> (n, 3, S, S) uint8 crops."""
+    from .images import load_image
+
+    arrays = [np.asarray(crop(load_image(image))) for image in images]  # n x (S, S, 3)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (n, 3, S, S)
+
+
+def _stratified(name: str, pixels: torch.Tensor, labels: np.ndarray, class_names, split_seed: int) -> TrainingData:
+    from sklearn.model_selection import train_test_split
+
+    try:
+        train, test = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION, stratify=labels,
+                                       random_state=split_seed)
+    except ValueError as err:  # a class with a single image, or too few images to hold any out
+        raise VitInspectError(f"--dataset {name}: cannot split into train and test: {err}") from None
+    labels = torch.as_tensor(labels, dtype=torch.int64)  # (n,)
+    split = f"stratified {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%}, seed {split_seed}"
+    return TrainingData(name, pixels[train], labels[train], pixels[test], labels[test], tuple(class_names),
+                        split, split_seed)
+
+
+def _digits(crop, split_seed: int) -> TrainingData:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    scans = np.round(digits.images * 255 / 16).astype(np.uint8)  # (n, 8, 8): 0..16 ink -> 0..255, white on black
+    pixels = _pixels([Image.fromarray(scan, mode="L") for scan in scans], crop)  # (n, 3, S, S)
+    return _stratified(DIGITS, pixels, digits.target, [str(c) for c in digits.target_names], split_seed)
+
+
+def _folder(folder: Path, crop, split_seed: int) -> TrainingData:
+    from torchvision.datasets import ImageFolder
+
+    from .images import load_image
+
+    if not folder.is_dir():
+        raise VitInspectError(f"--dataset {folder}: not one of {', '.join(DATASETS)}, and no such folder")
+    try:
+        found = ImageFolder(str(folder), loader=load_image)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise VitInspectError(f"--dataset {folder}: expected one sub-folder of images per class ({err})") from None
+    if len(found.classes) < 2:
+        raise VitInspectError(f"--dataset {folder}: found {len(found.classes)} class folder; need at least 2")
+    pixels = _pixels((path for path, _ in found.samples), crop)  # (n, 3, S, S)
+    return _stratified(str(folder), pixels, np.array(found.targets), found.classes, split_seed)
+
+
+def _torchvision(name: str, crop, root: Path) -> TrainingData:
+    import torchvision.datasets
+
+    parts = [_torchvision_split(getattr(torchvision.datasets, TORCHVISION_DATASETS[name]), name, root, train)
+             for train in (True, False)]
+    (train_pixels, train_labels, classes), (test_pixels, test_labels, _) = [
+        (_pixels((image for image, _ in part), crop), torch.as_tensor(part.targets, dtype=torch.int64),
+         part.classes) for part in parts]
+    return TrainingData(name, train_pixels, train_labels, test_pixels, test_labels, tuple(classes),
+                        "official train/test split (torchvision)", None)
+
+
+def _torchvision_split(dataset_class, name: str, root: Path, train: bool):
+    try:
+        return dataset_class(str(root), train=train, download=True)
+    except (OSError, RuntimeError) as err:  # no network: URLError is an OSError
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise VitInspectError(
+            f"--dataset {name}: torchvision's {dataset_class.__name__} is not in {root} and could not be "
+            f"downloaded ({reason}); it needs network once (e.g. on Colab), or use --dataset digits "
+            f"(offline) or a folder of class sub-folders") from None
+
+
+def model_input(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 crops (B, 3, S, S) -> the normalised float input (B, 3, S, S), as ``preprocess`` makes it."""
+    return _normalise(model, pixels.float() / 255)  # (B, 3, S, S)
+
+
+def _normalise(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Float images (B, 3, S, S) in [0, 1] -> (B, 3, S, S) normalised with the model's mean and std."""
+    from .images import data_config_of
+
+    config = data_config_of(model)
+    mean = torch.tensor(config["mean"], dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(config["std"], dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - mean) / std  # (B, 3, S, S)
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The recipe: AdamW, linear warm-up then cosine decay, label smoothing, light augmentation.
+
+    Augmentation: a random affine per image (rotation up to ``max_rotation`` degrees,
+    scale up to +-``max_scale``, shift up to ``max_shift`` of the side), black fill.
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 2
+    label_smoothing: float = 0.1
+    max_rotation: float = 10.0
+    max_scale: float = 0.1
+    max_shift: float = 0.1
+    seed: int = 0
+
+
+def train_vit(model: nn.Module, data: TrainingData, config: TrainConfig = TrainConfig(), progress: bool = True,
+              device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Train ``model`` in place on ``data.train_*``; test on ``data.test_*`` after every epoch.
+
+    Seeded by ``config.seed`` (batch order, augmentation). Runs on the GPU when there is
+    one (``device`` overrides), and leaves the model on the CPU in eval mode. A tqdm bar
+    per epoch when ``progress``. Returns per-epoch tensors (E,): "train_loss",
+    "train_accuracy", "test_loss", "test_accuracy", "seconds" (elapsed since the
+    start), and with a learned position embedding "pos_embed_similarity" (E, gh, gw, gh, gw).
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = _optimizer(model, config)
+    steps = math.ceil(len(data.train_labels) / config.batch_size)
+    schedule = _schedule(optimizer, config, steps)
+    model.to(device)
+    history, start = {}, time.perf_counter()
+    for epoch in range(config.epochs):
+        bar = _bar(steps, epoch, config.epochs, progress)
+        train = _train_epoch(model, data, config, optimizer, schedule, generator, device, bar)
+        test = evaluate(model, data.test_images, data.test_labels, device)
+        bar.set_postfix(loss=f"{float(train['train_loss']):.3f}", train_acc=f"{float(train['train_accuracy']):.1%}",
+                        test_acc=f"{float(test['test_accuracy']):.1%}")
+        bar.close()
+        _append(history, {**train, **test, "seconds": torch.tensor(time.perf_counter() - start)}, model)
+    model.cpu().eval()
+    return {key: torch.stack(values) for key, values in history.items()}
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms, the class token and the position embedding."""
+    skip = model.no_weight_decay()
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2 and n not in skip]
+    rest = [p for n, p in params if not (p.ndim >= 2 and n not in skip)]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    warmup, total = config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _bar(steps: int, epoch: int, epochs: int, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress)
+
+
+def _train_epoch(model, data, config, optimizer, schedule, generator, device, bar) -> dict[str, torch.Tensor]:
+    model.train()
+    order = torch.randperm(len(data.train_labels), generator=generator)  # (n_train,)
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(order), config.batch_size):
+        batch = order[start:start + config.batch_size]  # (B,)
+        images = augment(data.train_images[batch], config, generator)  # (B, 3, S, S) in [0, 1]
+        labels = data.train_labels[batch].to(device)  # (B,)
+        logits = model(_normalise(model, images).to(device))  # (B, C)
+        loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_sum += float(loss.detach()) * len(batch)
+        correct += int((logits.argmax(dim=-1) == labels).sum())
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    n = len(order)
+    return {"train_loss": torch.tensor(loss_sum / n), "train_accuracy": torch.tensor(correct / n)}
+
+
+def augment(pixels: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """uint8 (B, 3, S, S) -> float (B, 3, S, S) in [0, 1], each image under its own random affine map."""
+    if config.max_rotation == config.max_scale == config.max_shift == 0:
+        return pixels.float() / 255  # (B, 3, S, S)
+    theta = affine_matrices(pixels.shape[0], config, generator)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)  # (B, S, S, 2)
+    return F.grid_sample(pixels.float() / 255, grid, align_corners=False)  # (B, 3, S, S), black outside
+
+
+def affine_matrices(batch: int, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation + scale + shift per image, as ``affine_grid`` wants them: (B, 2, 3).
+
+    They map output coordinates (in [-1, 1]) to where to sample the input, so the
+    rotation and scale are the inverse of what the image undergoes; a shift of 2 f moves
+    the picture by f of its side.
+    """
+    uniform = torch.rand(batch, 4, generator=generator) * 2 - 1  # (B, 4) in [-1, 1]
+    angle = uniform[:, 0] * math.radians(config.max_rotation)  # (B,)
+    scale = 1 + uniform[:, 1] * config.max_scale  # (B,)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale  # (B,)
+    shift = uniform[:, 2:] * 2 * config.max_shift  # (B, 2)
+    rotation = torch.stack([torch.stack([cos, -sin], dim=1), torch.stack([sin, cos], dim=1)], dim=1)  # (B, 2, 2)
+    return torch.cat([rotation, shift[:, :, None]], dim=2)  # (B, 2, 3)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, pixels: torch.Tensor, device: str | torch.device = "cpu",
+                   batch_size: int = 512) -> torch.Tensor:
+    """uint8 crops (n, 3, S, S) -> logits (n, C), in eval mode, on the CPU."""
+    model.eval()
+    chunks = [model(model_input(model, pixels[i:i + batch_size]).to(device)).float().cpu()
+              for i in range(0, len(pixels), batch_size)]
+    return torch.cat(chunks) if chunks else torch.empty(0)  # (n, C)
+
+
+def evaluate(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor,
+             device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """{"test_loss", "test_accuracy"} (0-dim tensors) of ``model`` on uint8 crops and their labels."""
+    logits = predict_logits(model, pixels, device)  # (n, C)
+    return {"test_loss": F.cross_entropy(logits, labels), "test_accuracy": accuracy(logits, labels)}
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows of (n, C) logits whose argmax is the label: a 0-dim tensor."""
+    return (logits.argmax(dim=-1) == labels).double().mean()
+
+
+def _append(history: dict, values: dict[str, torch.Tensor], model: nn.Module) -> None:
+    if getattr(model, "pos_embed", None) is not None:
+        values["pos_embed_similarity"] = pos_embed_similarity(model).cpu()  # (gh, gw, gh, gw)
+    for key, value in values.items():
+        history.setdefault(key, []).append(value.detach().float())
+
+
+# ---------------------------------------------------------------- weight files
+
+
+def save_trained(model: nn.Module, path: str | os.PathLike, data: TrainingData, config: TrainConfig,
+                 test_accuracy: float) -> Path:
+    """Save ``model`` as safetensors (timm's key layout) with what it is in the header.
+
+    Header: the architecture, the dataset and its split, the recipe, the epochs, the
+    test accuracy and the class names, so ``load_vit(weights=path)`` can rebuild it.
+    """
+    from safetensors.torch import save_file
+
+    from .weights import UNTRAINED_METADATA_KEY
+
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {UNTRAINED_METADATA_KEY: "false", TRAINED_HERE_KEY: "1", "dataset": data.name,
+                "split": data.split, "split_seed": json.dumps(data.split_seed), "epochs": str(config.epochs),
+                "test_accuracy": f"{test_accuracy:.6f}", "num_train": str(len(data.train_labels)),
+                "num_test": str(len(data.test_labels)), "architecture": json.dumps(asdict(spec_of(model))),
+                "class_names": json.dumps(list(data.class_names)), "train_config": json.dumps(asdict(config))}
+    save_file(state, str(path), metadata=metadata)
+    return path
+
+
+def training_metadata(path: str | os.PathLike) -> dict | None:
+    """The header of a file from :func:`save_trained`, decoded; None for any other file."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            header = handle.metadata() or {}
+    except Exception:  # not readable as safetensors: the ordinary loader says why
+        return None
+    if header.get(TRAINED_HERE_KEY) != "1":
+        return None
+    decoded = {key: json.loads(header[key]) for key in ("architecture", "class_names", "train_config", "split_seed")}
+    numbers = {"epochs": int(header["epochs"]), "test_accuracy": float(header["test_accuracy"]),
+               "num_train": int(header["num_train"]), "num_test": int(header["num_test"])}
+    return {"dataset": header["dataset"], "split": header["split"], **numbers, **decoded}
+
+
+def shipped_weights(name: str = DIGITS) -> Path:
+    """Path of the weights trained here that ship in ``data/`` (``SHIPPED_WEIGHTS``)."""
+    from .images import data_dir
+
+    if name not in SHIPPED_WEIGHTS:
+        raise WeightsError(f"no shipped weights named {name!r}; there are: {', '.join(SHIPPED_WEIGHTS)}")
+    path = data_dir() / SHIPPED_WEIGHTS[name]
+    if not path.is_file():
+        raise WeightsError(f"the shipped weights {path} are missing; reinstall vit-inspect or run `make train`")
+    return path
+
+
+def trained_here_path(weights: object) -> Path | None:
+    """The file behind ``weights`` if it is a shipped name or a file from :func:`save_trained`, else None."""
+    if isinstance(weights, str) and weights in SHIPPED_WEIGHTS:
+        return shipped_weights(weights)
+    if isinstance(weights, (str, os.PathLike)) and training_metadata(weights) is not None:
+        return Path(weights)
+    return None
+
+
+def load_trained(path: str | os.PathLike, source: str = "local file") -> LoadedViT:
+    """A file from :func:`save_trained` -> LoadedViT: the architecture from its header, its weights loaded."""
+    from .weights import LoadedViT, Provenance, load_weights_file
+
+    path = Path(path)
+    info = training_metadata(path)
+    if info is None:
+        raise WeightsError(f"weights file {path} was not saved by `vit-inspect train` (no architecture in its header)")
+    model = build_vit(ViTSpec(**info["architecture"]))
+    trained = load_weights_file(model, path)
+    provenance = Provenance(model.pretrained_cfg["architecture"], source, trained, str(path), None,
+                            trained_on=info["dataset"])
+    return LoadedViT(model.eval(), provenance)
+
+
+# ---------------------------------------------------------------- what the model learned
+
+
+def locality_per_epoch(history: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """From the history's (E, gh, gw, gh, gw) similarities: the two locality gaps per epoch, each (E,).
+
+    "neighbours - far patches" and "same row/column - others", as in
+    ``neighbour_similarity_stats``: near 0 for random embeddings, positive once a 2-D
+    layout is learned.
+    """
+    stats = [neighbour_similarity_stats(similarity) for similarity in history["pos_embed_similarity"]]
+    return {"neighbours - far patches": torch.stack([s["neighbours_minus_far"] for s in stats]),
+            "same row/column - others": torch.stack([s["same_line_minus_other"] for s in stats])}
+
+
+def pixels_to_image(pixels: torch.Tensor) -> Image.Image:
+    """One uint8 crop (3, S, S) -> the RGB PIL image the model sees (for overlays)."""
+    from PIL import Image
+
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB")  # (S, S, 3)
+
+
+@torch.no_grad()
+def pooled_features(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 crops (B, 3, S, S) -> the features the head reads (B, D): the class token after the final norm."""
+    tokens = model.forward_features(model_input(model, pixels))  # (B, N, D)
+    return model.forward_head(tokens, pre_logits=True)  # (B, D)
+
+
+def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts (C, C): row = true class, column = predicted class."""
+    pairs = labels.long() * num_classes + predictions.long()  # (n,)
+    return torch.bincount(pairs, minlength=num_classes ** 2).reshape(num_classes, num_classes)  # (C, C)
+
+
+def linear_baseline(data: TrainingData) -> dict[str, torch.Tensor]:
+    """Logistic regression on the raw pixels of the same split: {"accuracy": 0-dim, "predictions": (n_test,)}."""
+    from sklearn.linear_model import LogisticRegression
+
+    train = data.train_images.flatten(1).numpy() / 255  # (n_train, 3*S*S)
+    test = data.test_images.flatten(1).numpy() / 255  # (n_test, 3*S*S)
+    classifier = LogisticRegression(max_iter=2000).fit(train, data.train_labels.numpy())
+    predictions = torch.from_numpy(classifier.predict(test)).long()  # (n_test,)
+    return {"accuracy": (predictions == data.test_labels).double().mean(), "predictions": predictions}
+
+
+def class_token_maps(model: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Two explanations of the class token over the patches, each (B, gh, gw), from one pass.
+
+    "rollout": attention rollout (mean over heads, residual added); "last-layer
+    attention": the class token's attention in the last block, mean over heads.
+    """
+    grid, prefix = grid_size_of(model), num_prefix_tokens_of(model)
+    attention = capture(model, model_input(model, pixels))["attention"]  # (B, L, H, N, N)
+    last = attention[:, -1, :, 0].mean(dim=1)  # (B, N)
+    return {"rollout": rollout_to_grid(attention_rollout(attention), grid, prefix),  # (B, gh, gw)
+            "last-layer attention": tokens_to_grid(last, grid, prefix)}  # (B, gh, gw)
+
+
+def patch_ink(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """uint8 crops (B, 3, S, S) -> mean brightness of every patch (B, gh, gw) in [0, 1] (ink is bright)."""
+    grey = pixels.float().mean(dim=1, keepdim=True) / 255  # (B, 1, S, S)
+    return F.avg_pool2d(grey, patch_size).squeeze(1)  # (B, gh, gw)
+
+
+def ink_ratio(maps: torch.Tensor, ink: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
+    """Mean map value on ink patches / on background patches, per image: (..., B, gh, gw), (B, gh, gw) -> (..., B).
+
+    Above 1: the map favours the digit's strokes over the empty background. Images
+    without ink or without background give NaN. Leading dimensions of ``maps`` (e.g.
+    randomisation steps) share the same ink.
+    """
+    on_ink = ink > threshold  # (B, gh, gw)
+    ink_mean = (maps * on_ink).flatten(-2).sum(-1) / on_ink.flatten(-2).sum(-1)  # (..., B)
+    background_mean = (maps * ~on_ink).flatten(-2).sum(-1) / (~on_ink).flatten(-2).sum(-1)  # (..., B)
+    return ink_mean / background_mean
+
+
+def first_block_distance(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Mean attention distance in pixels of every head of the first block, over the images: (H,)."""
+    from .attention_maps import mean_attention_distance
+
+    attention = capture(model, model_input(model, pixels), layers=[0])["attention"]  # (B, 1, H, N, N)
+    distance = mean_attention_distance(attention, grid_size_of(model), num_prefix_tokens_of(model),
+                                       patch_size_of(model))  # (B, 1, H)
+    return distance.mean(dim=0)[0]  # (H,)
+
+
+# ---------------------------------------------------------------- faithfulness: deletion curves
+
+
+def importance_order(maps: torch.Tensor) -> torch.Tensor:
+    """(B, gh, gw) importance -> (B, P) patch indices (row-major), most important first."""
+    return maps.flatten(1).argsort(dim=1, descending=True, stable=True)  # (B, P)
+
+
+def random_order(batch: int, num_patches: int, seed: int) -> torch.Tensor:
+    """(B, P): an independent random permutation of the patches per image, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, num_patches, generator=generator).argsort(dim=1)  # (B, P)
+
+
+def delete_patches(pixels: torch.Tensor, order: torch.Tensor, count: int, patch_size: int,
+                   fill: int = 0) -> torch.Tensor:
+    """uint8 crops (B, 3, S, S) with the first ``count`` patches of ``order`` (B, P) set to ``fill`` (black)."""
+    B, _, S, _ = pixels.shape
+    g = S // patch_size
+    ranks = order.argsort(dim=1)  # (B, P): where each patch comes in the order
+    deleted = (ranks < count).reshape(B, 1, g, g)  # (B, 1, g, g)
+    mask = deleted.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)  # (B, 1, S, S)
+    return torch.where(mask, torch.full_like(pixels, fill), pixels)  # (B, 3, S, S)
+
+
+def deletion_curve(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
+                   steps: int = 8) -> torch.Tensor:
+    """True-class probability as patches are deleted in ``order``: (B, steps + 1).
+
+    Column k: after deleting round(k / steps * P) patches (black), so column 0 is the
+    intact image and the last column an all-black one. A faithful importance order
+    makes the probability fall fast (small area under the curve).
+    """
+    P = order.shape[1]
+    columns = [_true_class_probability(model, delete_patches(pixels, order, round(k / steps * P),
+                                                             patch_size_of(model)), labels)
+               for k in range(steps + 1)]  # (steps + 1) x (B,)
+    return torch.stack(columns, dim=1)  # (B, steps + 1)
+
+
+def _true_class_probability(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    probabilities = predict_logits(model, pixels).softmax(dim=-1)  # (B, C)
+    return probabilities.gather(1, labels[:, None])[:, 0]  # (B,)
+
+
+def curve_area(curves: torch.Tensor) -> torch.Tensor:
+    """Area under (..., K) curves sampled evenly on [0, 1] (trapezoid rule): (...)."""
+    return torch.trapezoid(curves, dx=1 / (curves.shape[-1] - 1), dim=-1)
+
+
+def deletion_curves(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, steps: int = 8,
+                    random_seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, torch.Tensor]:
+    """Mean deletion curves (steps + 1,) over the images, by order of importance.
+
+    Keys: "rollout", "last-layer attention", and "random (seed s)" for each seed.
+    """
+    maps = class_token_maps(model, pixels)
+    B, P = pixels.shape[0], maps["rollout"][0].numel()
+    orders = {name: importance_order(heat) for name, heat in maps.items()}
+    orders.update({f"random (seed {seed})": random_order(B, P, seed) for seed in random_seeds})
+    return {name: deletion_curve(model, pixels, labels, order, steps).mean(dim=0) for name, order in orders.items()}
+
+
+# ---------------------------------------------------------------- model-randomisation sanity check
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation between matching maps: (B, ...) x 2 -> (B,)."""
+    ranks = [x.flatten(1).argsort(dim=1).argsort(dim=1).double() for x in (a, b)]  # 2 x (B, P)
+    centred = [r - r.mean(dim=1, keepdim=True) for r in ranks]  # 2 x (B, P)
+    return F.cosine_similarity(centred[0], centred[1], dim=1)  # (B,)
+
+
+def randomise_top_blocks(model: nn.Module, count: int, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` whose top ``count`` blocks have fresh random weights (timm's init).
+
+    timm's own initialisation, the distribution training started from, as in Adebayo et al.
+    """
+    randomised = copy.deepcopy(model).eval()
+    fresh = build_vit(spec_of(model), seed)
+    depth = len(model.blocks)
+    for index in range(depth - count, depth):
+        randomised.blocks[index].load_state_dict(fresh.blocks[index].state_dict())
+    return randomised
+
+
+def randomised_maps(model: nn.Module, pixels: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Cascading randomisation (Adebayo et al. 2018): each explanation as the top blocks are destroyed.
+
+    Entry k of each (L + 1, B, gh, gw) stack: the map after re-initialising the top k
+    blocks (k = 0: the model itself); the embeddings keep their weights. Keys as in
+    :func:`class_token_maps`.
+    """
+    steps = [class_token_maps(randomise_top_blocks(model, count, seed), pixels)
+             for count in range(len(model.blocks) + 1)]
+    return {name: torch.stack([maps[name] for maps in steps]) for name in steps[0]}  # (L + 1, B, gh, gw)
+
+
+def randomisation_curves(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Mean Spearman correlation with the intact model's maps, per randomisation step: (L + 1, B, gh, gw) -> (L + 1,).
+
+    Near 1: the explanation did not notice the destroyed blocks (it explains the
+    image, not the model); near 0: it depends on those blocks' weights.
+    """
+    return {name: torch.stack([rank_correlation(stack[0], step).mean() for step in stack])
+            for name, stack in maps.items()}
+
+
+# ---------------------------------------------------------------- ablations
+
+
+ABLATIONS: dict[str, dict] = {
+    "baseline (class token, learned position embedding, patch 4)": {},
+    "no class token (mean pooling)": {"class_token": False},
+    "no position embedding": {"pos_embed": "none"},
+    "fixed 2-D sin-cos position embedding": {"pos_embed": "sincos"},
+    "patch 8 (4x4 grid)": {"patch_size": 8},
+}
+
+
+def run_ablations(data: TrainingData, spec: ViTSpec, config: TrainConfig, seeds: dict[str, tuple[int, ...]],
+                  ablations: dict[str, dict] = ABLATIONS) -> dict[str, torch.Tensor]:
+    """Train each variant of ``spec`` with each of its seeds (model init and data order): test accuracies.
+
+    ``seeds`` maps an ablation's name to its seeds; returns {name: (len(seeds),)} accuracies.
+    """
+    results = {}
+    for name, changes in ablations.items():
+        variant = dataclasses.replace(spec, **changes)
+        accuracies = []
+        for seed in seeds[name]:
+            model = build_vit(variant, seed)
+            history = train_vit(model, data, dataclasses.replace(config, seed=seed), progress=False)
+            accuracies.append(history["test_accuracy"][-1])
+        results[name] = torch.stack(accuracies)
+    return results
