@@ -266,6 +266,8 @@ def test_entry_point_prints_no_traceback_on_a_bad_image_in_the_folder(invalid, t
     (["--out", "weights.pt"], ["--out weights.pt", ".safetensors"]),
     (["--out", "tests"], ["--out tests", "directory"]),
     (["--out", "pyproject.toml"], ["--out pyproject.toml", ".safetensors"]),
+    (["--ablations", "table.csv"], ["--ablations table.csv", ".json"]),
+    (["--ablations", "tests"], ["--ablations tests", "directory"]),
 ])
 def test_train_argument_errors_are_one_line_before_torch(args, words):
     code = ("import sys\nfrom vit_inspect.cli import main\n"
@@ -298,6 +300,8 @@ def test_train_on_a_folder_prints_the_accuracy_and_how_to_load(class_folders, tm
     from vit_inspect import training_metadata
     info = training_metadata(out)
     assert info["epochs"] == 2 and info["train_config"]["seed"] == 3 and info["class_names"] == ["circle", "square", "stripe"]
+    from vit_inspect.weights import current_umask
+    assert out.stat().st_mode & 0o777 == 0o644 & ~current_umask(), "a file to share, not safetensors' 0600"
 
 
 def test_train_default_out_is_named_after_the_dataset(tmp_path):
@@ -332,3 +336,18 @@ def test_report_on_the_shipped_digits_model_names_digit_classes(tmp_path):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["weights"]["trained_on"] == "digits" and summary["input_size"] == [3, 32, 32]
     assert [row["label"] for row in summary["top5"]] == [str(row["index"]) for row in summary["top5"]]
+
+
+def test_train_writes_the_ablation_table_and_never_overwrites_one(class_folders, tmp_path, monkeypatch, capsys):
+    from vit_inspect import training
+    monkeypatch.setattr(training, "ABLATION_RECIPE", training.TrainConfig(epochs=1))  # a quick table
+    table = tmp_path / "table.json"
+    table.write_text("a lecturer's notes")
+    args = ["train", "--dataset", str(class_folders), "--epochs", "1", "--out", str(tmp_path / "w.safetensors"),
+            "--ablations", str(table)]
+    assert main(args) == 1 and "--force" in last_error_line(capsys) and table.read_text() == "a lecturer's notes"
+    assert not (tmp_path / "w.safetensors").exists(), "nothing is trained before the arguments are checked"
+    assert main([*args, "--force"]) == 0
+    written = training.load_ablations(table)
+    assert list(written.accuracies) == list(training.ABLATIONS) and written.config == training.TrainConfig(epochs=1)
+    assert all(len(written.accuracies[name]) == len(seeds) for name, seeds in written.seeds.items())

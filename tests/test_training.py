@@ -496,3 +496,44 @@ def test_chance_level_is_what_untrained_weights_give(digits):
     model = untrained_like(build_vit(), seed=0)
     accuracy = (predict_logits(model, digits.test_images).argmax(-1) == digits.test_labels).float().mean()
     assert accuracy < 0.25 and not math.isnan(float(accuracy))
+
+
+# ---------------------------------------------------------------- the shipped ablation table
+
+def test_ablation_table_round_trips_and_a_bad_file_is_one_line(tmp_path):
+    from vit_inspect import AblationTable, load_ablations, save_ablations
+    table = AblationTable({"a": torch.tensor([0.5, 0.75]), "b": torch.tensor([0.25])}, {"a": (0, 1), "b": (3,)},
+                          TrainConfig(epochs=2), "digits")
+    again = load_ablations(save_ablations(table, tmp_path / "t.json"))
+    assert again.seeds == table.seeds and again.config == table.config and again.dataset == "digits"
+    assert list(again.accuracies) == ["a", "b"]
+    torch.testing.assert_close(again.accuracies["a"], table.accuracies["a"])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(VitInspectError, match="bad.json: not an ablation table"):
+        load_ablations(tmp_path / "bad.json")
+
+
+def test_shipped_ablation_table_is_the_short_recipe_on_every_variant():
+    from vit_inspect import ABLATION_RECIPE, ABLATION_SEEDS, load_ablations
+    table = load_ablations()
+    assert table.config == ABLATION_RECIPE and table.dataset == "digits" and table.seeds == ABLATION_SEEDS
+    assert all(0.1 < float(a.min()) <= 1.0 for a in table.accuracies.values()), "accuracies, not percentages"
+
+
+def test_training_uses_one_thread_and_gives_torch_its_setting_back(monkeypatch):
+    from vit_inspect import training
+    seen = []
+    real_epoch = training._train_epoch
+    monkeypatch.setattr(training, "_train_epoch", lambda *a, **k: seen.append(torch.get_num_threads()) or real_epoch(*a, **k))
+    data = training.load_dataset("digits")
+    small = data._replace(train_images=data.train_images[:64], train_labels=data.train_labels[:64],
+                                test_images=data.test_images[:32], test_labels=data.test_labels[:32])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train_vit(build_vit(ViTSpec(depth=1)), small, TrainConfig(epochs=1), progress=False)
+        assert seen == [1] and torch.get_num_threads() == 2, "one thread while training, the caller's after"
+        train_vit(build_vit(ViTSpec(depth=1)), small, TrainConfig(epochs=1), progress=False, threads=None)
+        assert seen[-1] == 2, "threads=None keeps the caller's setting"
+    finally:
+        torch.set_num_threads(before)

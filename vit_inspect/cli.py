@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where the weights go (default: vit_DATASET.safetensors)")
     train.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     train.add_argument("--seed", default="0", metavar="S", help="model initialisation and batch order (default: 0)")
+    train.add_argument("--ablations", type=Path, default=None, metavar="FILE.json",
+                       help="also train each ablation variant with the short recipe and write their test "
+                            "accuracies here (several minutes on a CPU)")
     train.add_argument("--data-dir", type=Path, default=None,
                        help="where torchvision's datasets are kept (default: ~/.cache/vit-inspect/datasets)")
     train.set_defaults(run=run_train)
@@ -307,13 +310,19 @@ def train_out(dataset: str, out: Path | None, force: bool) -> Path:
     """The --out file (default ``vit_DATASET.safetensors``); refuses to overwrite without ``force``."""
     if out is None:
         out = Path(f"vit_{Path(dataset).name or 'folder'}.safetensors")
-    if out.is_dir():
-        raise VitInspectError(f"--out {out}: is a directory; name a .safetensors file")
-    if out.suffix != ".safetensors":
-        raise VitInspectError(f"--out {out}: the weights are written as safetensors; name a .safetensors file")
-    if out.exists() and not force:
-        raise VitInspectError(f"--out {out}: exists; pass --force to overwrite it")
+    check_out_file(out, ".safetensors", "--out", force)
     return out
+
+
+def check_out_file(out: Path, suffix: str, option: str, force: bool) -> None:
+    """Refuse a folder, another suffix, or an existing file unless ``force``; creates nothing."""
+    kind = suffix.lstrip(".")
+    if out.is_dir():
+        raise VitInspectError(f"{option} {out}: is a directory; name a {suffix} file")
+    if out.suffix != suffix:
+        raise VitInspectError(f"{option} {out}: written as {kind}; name a {suffix} file")
+    if out.exists() and not force:
+        raise VitInspectError(f"{option} {out}: exists; pass --force to overwrite it")
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -321,6 +330,8 @@ def run_train(args: argparse.Namespace) -> None:
     epochs = parse_count("--epochs", args.epochs, 1)
     seed = parse_count("--seed", args.seed, 0)
     out = train_out(args.dataset, args.out, args.force)
+    if args.ablations is not None:
+        check_out_file(args.ablations, ".json", "--ablations", args.force)
 
     import dataclasses
 
@@ -342,6 +353,13 @@ def run_train(args: argparse.Namespace) -> None:
     print(f"test accuracy {accuracy:.2%} on {len(data.test_labels)} held-out images")
     _compare_with_shipped(args.dataset, accuracy, config)
     print(f"weights written: {out}\nload them with load_vit(weights={str(out)!r})")
+    if args.ablations is not None:
+        print(f"ablations: each variant with the short recipe ({training.ABLATION_RECIPE.epochs} epochs)")
+        table = training.AblationTable(
+            training.run_ablations(data, spec, training.ABLATION_RECIPE, training.ABLATION_SEEDS),
+            training.ABLATION_SEEDS, training.ABLATION_RECIPE, data.name)
+        args.ablations.parent.mkdir(parents=True, exist_ok=True)
+        print(f"ablation table written: {training.save_ablations(table, args.ablations)}")
 
 
 def _compare_with_shipped(dataset: str, accuracy: float, config) -> None:

@@ -50,6 +50,7 @@ DIGITS = "digits"
 TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 DATASETS = (DIGITS, *TORCHVISION_DATASETS)  # or a folder of class sub-folders
 SHIPPED_WEIGHTS = {DIGITS: "vit_digits.safetensors"}  # short name -> file in data/
+SHIPPED_ABLATIONS = {DIGITS: "ablations_digits.json"}  # the ablation table `make train` measured
 TRAINED_HERE_KEY = "vit_inspect_trained_here"  # safetensors header marker of save_trained
 SPEC_KEY = "vit_inspect_spec"  # the ViTSpec, kept in the model's pretrained_cfg
 SPLIT_SEED = 0
@@ -309,7 +310,7 @@ class TrainConfig:
 
 
 def train_vit(model: nn.Module, data: TrainingData, config: TrainConfig = TrainConfig(), progress: bool = True,
-              device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+              device: str | torch.device | None = None, threads: int | None = 1) -> dict[str, torch.Tensor]:
     """Train ``model`` in place on ``data.train_*``; test on ``data.test_*`` after every epoch.
 
     Seeded by ``config.seed`` (batch order, augmentation). Runs on the GPU when there is
@@ -317,7 +318,21 @@ def train_vit(model: nn.Module, data: TrainingData, config: TrainConfig = TrainC
     per epoch when ``progress``. Returns per-epoch tensors (E,): "train_loss",
     "train_accuracy", "test_loss", "test_accuracy", "seconds" (elapsed since the
     start), and with a learned position embedding "pos_embed_similarity" (E, gh, gw, gh, gw).
+
+    ``threads``: CPU threads while training (torch's setting is restored after; None keeps
+    it). One by default: this model's matrices are so small that a second thread costs
+    more in synchronisation than it saves, and on a busy machine it is several times slower.
     """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        return _train(model, data, config, progress, device)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(model: nn.Module, data: TrainingData, config: TrainConfig, progress: bool,
+           device: str | torch.device | None) -> dict[str, torch.Tensor]:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = _optimizer(model, config)
@@ -452,6 +467,8 @@ def save_trained(model: nn.Module, path: str | os.PathLike, data: TrainingData, 
     """
     from safetensors.torch import save_file
 
+    from .weights import ordinary_permissions
+
     from .weights import UNTRAINED_METADATA_KEY
 
     path = Path(path)
@@ -462,7 +479,7 @@ def save_trained(model: nn.Module, path: str | os.PathLike, data: TrainingData, 
                 "num_test": str(len(data.test_labels)), "architecture": json.dumps(asdict(spec_of(model))),
                 "class_names": json.dumps(list(data.class_names)), "train_config": json.dumps(asdict(config))}
     save_file(state, str(path), metadata=metadata)
-    return path
+    return ordinary_permissions(Path(path))  # safetensors writes 0600: a lecturer shares this file
 
 
 def training_metadata(path: str | os.PathLike) -> dict | None:
@@ -745,3 +762,44 @@ def run_ablations(data: TrainingData, spec: ViTSpec, config: TrainConfig, seeds:
             accuracies.append(history["test_accuracy"][-1])
         results[name] = torch.stack(accuracies)
     return results
+
+
+# The short recipe of the ablation table: 8 epochs, batches of 32, no augmentation, no label smoothing.
+ABLATION_RECIPE = TrainConfig(epochs=8, warmup_epochs=1, batch_size=32, label_smoothing=0.0,
+                              max_rotation=0.0, max_scale=0.0, max_shift=0.0)
+ABLATION_SEEDS = {name: (0, 1) if name.startswith("patch 8") else (0,) for name in ABLATIONS}
+
+
+class AblationTable(NamedTuple):
+    """Test accuracies {variant: (seeds,)} of :func:`run_ablations`, with the recipe and seeds that made them."""
+
+    accuracies: dict[str, torch.Tensor]
+    seeds: dict[str, tuple[int, ...]]
+    config: TrainConfig
+    dataset: str
+
+
+def save_ablations(table: AblationTable, path: str | os.PathLike) -> Path:
+    """Write ``table`` as JSON (variants in order, accuracies as floats)."""
+    record = {"dataset": table.dataset, "train_config": asdict(table.config), "torch": torch.__version__,
+              "variants": [{"name": name, "seeds": list(table.seeds[name]), "test_accuracy": values.tolist()}
+                           for name, values in table.accuracies.items()]}
+    path = Path(path)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def load_ablations(path: str | os.PathLike | None = None) -> AblationTable:
+    """The table from :func:`save_ablations`; by default the one shipped for the digits."""
+    from .images import data_dir
+
+    path = Path(path) if path is not None else data_dir() / SHIPPED_ABLATIONS[DIGITS]
+    try:
+        record = json.loads(path.read_text())
+        variants = record["variants"]
+        return AblationTable({v["name"]: torch.tensor(v["test_accuracy"]) for v in variants},
+                             {v["name"]: tuple(v["seeds"]) for v in variants},
+                             TrainConfig(**record["train_config"]), record["dataset"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise VitInspectError(f"{path}: not an ablation table written by `vit-inspect train --ablations` ({err})") \
+            from None
