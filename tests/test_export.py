@@ -42,6 +42,14 @@ def test_slide_rule_one_idea_per_slide_with_code_and_figure_together():
                                   "subslide"]
 
 
+def test_slide_rule_skips_the_colab_setup_cell_and_the_imports_after_it():
+    setup = new_code_cell("# Colab setup", metadata={"tags": ["colab-setup"]})
+    cells = [new_markdown_cell("# Title"), setup, new_code_cell("import torch"), new_code_cell("x = 1")]
+    assert slide_types(cells) == ["slide", "skip", "skip", "subslide"]
+    untagged = [cells[0], new_code_cell("# Colab setup"), *cells[2:]]
+    assert slide_types(untagged) == ["slide", "skip", "subslide", "subslide"], "only the tagged cell moves the imports"
+
+
 def test_slide_metadata_is_set_by_the_rule_and_checked():
     notebook = new_notebook(cells=[new_markdown_cell("# T"), new_code_cell("import os"), new_code_cell("1")])
     assert len(slide_rule_violations(notebook)) == 3
