@@ -113,8 +113,10 @@ def test_the_browser_check_sees_a_broken_figure_and_an_error(chromium, tmp_path)
     failing = new_code_cell("1 / 0", outputs=[new_output("error", ename="ZeroDivisionError", evalue="division by zero",
                                                           traceback=["Traceback (most recent call last)",
                                                                      "ZeroDivisionError: division by zero"])])
-    notebook = new_notebook(cells=[new_markdown_cell("# Broken"), figure, failing])
+    badge = "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://example.org/x)"
+    notebook = new_notebook(cells=[new_markdown_cell(f"# Broken\n\n{badge}"), figure, failing])
     _, page = export_pages([Executed(tmp_path / "broken.ipynb", notebook)], tmp_path / "html")
     problems = browser_problems(check_in_browser(page, chromium=chromium))
     assert any("natural size 0x0" in problem for problem in problems), problems
+    assert not any("colab" in problem for problem in problems), "a remote badge never loads offline: no problem"
     assert any("ZeroDivisionError" in problem for problem in problems), problems
