@@ -57,9 +57,9 @@ def badge(url: str) -> str:
     return f"[![Open In Colab]({BADGE_IMAGE})]({url})"
 
 
-def install_spec(repository: str) -> str:
-    """What pip installs: the package, non-editable, from the repository's default branch."""
-    return f"vit-inspect @ git+{repository}"
+def install_spec(repository: str, extras: list[str] = ()) -> str:
+    """What pip installs: the package (with ``extras``), non-editable, from the repository's default branch."""
+    return f"vit-inspect{'[' + ','.join(extras) + ']' if extras else ''} @ git+{repository}"
 
 
 def _canonical(name: str) -> str:
@@ -74,11 +74,29 @@ def dependency_names(pyproject: Path = ROOT / "pyproject.toml") -> set[str]:
     return {_canonical(re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]) for requirement in requirements}
 
 
+def _cell_tree(source: str) -> ast.Module:
+    """A cell's syntax tree, IPython magics and shell lines left out."""
+    return ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()))
+
+
+def _optional_imports(tree: ast.Module) -> set[int]:
+    """ids of the import statements under ``try: ... except ImportError`` (Colab's own modules, say)."""
+    optional = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+                isinstance(handler.type, ast.Name) and handler.type.id in ("ImportError", "ModuleNotFoundError")
+                for handler in node.handlers):
+            optional |= {id(inner) for statement in node.body for inner in ast.walk(statement)}
+    return optional
+
+
 def imported_modules(source: str) -> list[str]:
-    """Top-level modules a cell imports (IPython magics and shell lines skipped)."""
-    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
-    modules = []
-    for node in ast.walk(ast.parse(code)):
+    """Top-level modules a cell needs to import (magics, shell lines and guarded optional imports skipped)."""
+    tree = _cell_tree(source)
+    optional, modules = _optional_imports(tree), []
+    for node in ast.walk(tree):
+        if id(node) in optional:
+            continue
         if isinstance(node, ast.Import):
             modules += [alias.name.split(".")[0] for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -86,27 +104,79 @@ def imported_modules(source: str) -> list[str]:
     return sorted(set(modules))
 
 
-def extra_packages(notebook: nbformat.NotebookNode, name: str) -> list[str]:
-    """pip names of what the imports cell needs beyond the standard library and vit-inspect's dependencies."""
+def required_names(source: str) -> set[str]:
+    """What the cell obtains through vit_inspect's ``require_<name>()`` (``transformers = require_transformers()``)."""
+    return {node.func.id.removeprefix("require_") for node in ast.walk(_cell_tree(source))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id.startswith("require_")}
+
+
+def optional_extras(pyproject: Path = ROOT / "pyproject.toml") -> dict[str, set[str]]:
+    """pyproject's optional extras: name -> the canonical distribution names it brings (``hf`` -> {transformers})."""
+    import tomllib
+
+    extras = tomllib.loads(pyproject.read_text())["project"].get("optional-dependencies", {})
+    return {name: {_canonical(re.split(r"[<>=!~\[; ]", item, maxsplit=1)[0]) for item in items}
+            for name, items in extras.items()}
+
+
+def imports_cell(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     setup = setup_index(notebook)
     first = 1 if setup is None else setup + 1
-    imports = next(cell for cell in notebook.cells[first:] if cell.cell_type == "code")
-    distributions = importlib.metadata.packages_distributions()
+    return next(cell for cell in notebook.cells[first:] if cell.cell_type == "code")
+
+
+def vit_inspect_extras(notebook: nbformat.NotebookNode) -> list[str]:
+    """vit-inspect's extras the imports cell needs: those whose packages it imports or ``require_...()``s."""
+    source = imports_cell(notebook).source
+    wanted = {_canonical(name) for name in imported_modules(source)} | {_canonical(n) for n in required_names(source)}
+    return sorted(extra for extra, packages in optional_extras().items() if packages & wanted)
+
+
+# Import names whose pip name differs, so a notebook's needs are known on any machine (CI has none of these).
+PIP_NAMES = {
+    "sklearn": "scikit-learn",
+    "PIL": "Pillow",
+    "cv2": "opencv-python",
+    "yaml": "PyYAML",
+    "skimage": "scikit-image",
+    "bs4": "beautifulsoup4",
+    "dateutil": "python-dateutil",
+    "attr": "attrs",
+    "Crypto": "pycryptodome",
+    "serial": "pyserial",
+    "usb": "pyusb",
+    "jwt": "PyJWT",
+    "dotenv": "python-dotenv",
+    "magic": "python-magic",
+    "fitz": "PyMuPDF",
+    "docx": "python-docx",
+}
+
+
+def pip_name(module: str) -> str:
+    """The pip name of top-level ``module``: the table above, else the installed distribution, else the name itself."""
+    if module in PIP_NAMES:
+        return PIP_NAMES[module]
+    found = importlib.metadata.packages_distributions().get(module)
+    return found[0] if found else module
+
+
+def extra_packages(notebook: nbformat.NotebookNode, name: str) -> list[str]:
+    """pip names of what the imports cell needs beyond the standard library and vit-inspect's dependencies and extras."""
     covered, extras = dependency_names(), set()
-    for module in imported_modules(imports.source):
+    covered |= {package for extra in vit_inspect_extras(notebook) for package in optional_extras()[extra]}
+    for module in imported_modules(imports_cell(notebook).source):
         if module in sys.stdlib_module_names or module == "vit_inspect":
             continue
-        found = distributions.get(module)
-        if not found:
-            raise SystemExit(f"{name}: imports {module}, which is not installed here, so its pip name is unknown")
-        if not covered & {_canonical(d) for d in found}:
-            extras.add(found[0])
+        package = pip_name(module)
+        if _canonical(package) not in covered:
+            extras.add(package)
     return sorted(extras)
 
 
-def setup_cell_source(repository: str, packages: list[str]) -> str:
+def setup_cell_source(repository: str, packages: list[str], extras: list[str] = ()) -> str:
     """The setup cell: installs only on Colab or where vit_inspect is missing; silent otherwise."""
-    spec = ", ".join(f'"{item}"' for item in [install_spec(repository), *packages])
+    spec = ", ".join(f'"{item}"' for item in [install_spec(repository, extras), *packages])
     return (
         "# Colab setup: on Colab, or wherever vit-inspect is missing, install it (and what this notebook needs)\n"
         "# from its repository. Where vit-inspect is installed, this cell does nothing.\n"
@@ -144,7 +214,7 @@ def with_colab(notebook: nbformat.NotebookNode, path_in_repo: str | None, reposi
     if intro.cell_type != "markdown":
         raise SystemExit(f"{name}: the first cell must be the markdown title cell")
     intro.source = with_badge(intro.source, None if path_in_repo is None else colab_url(repository, path_in_repo))
-    source = setup_cell_source(repository, extra_packages(notebook, name))
+    source = setup_cell_source(repository, extra_packages(notebook, name), vit_inspect_extras(notebook))
     index = setup_index(notebook)
     if index is None:
         cell = nbformat.v4.new_code_cell(source, metadata={"tags": [SETUP_TAG]})

@@ -42,6 +42,14 @@ def test_slide_rule_one_idea_per_slide_with_code_and_figure_together():
                                   "subslide"]
 
 
+def test_slide_rule_skips_the_colab_setup_cell_and_the_imports_after_it():
+    setup = new_code_cell("# Colab setup", metadata={"tags": ["colab-setup"]})
+    cells = [new_markdown_cell("# Title"), setup, new_code_cell("import torch"), new_code_cell("x = 1")]
+    assert slide_types(cells) == ["slide", "skip", "skip", "subslide"]
+    untagged = [cells[0], new_code_cell("# Colab setup"), *cells[2:]]
+    assert slide_types(untagged) == ["slide", "skip", "subslide", "subslide"], "only the tagged cell moves the imports"
+
+
 def test_slide_metadata_is_set_by_the_rule_and_checked():
     notebook = new_notebook(cells=[new_markdown_cell("# T"), new_code_cell("import os"), new_code_cell("1")])
     assert len(slide_rule_violations(notebook)) == 3
@@ -105,8 +113,10 @@ def test_the_browser_check_sees_a_broken_figure_and_an_error(chromium, tmp_path)
     failing = new_code_cell("1 / 0", outputs=[new_output("error", ename="ZeroDivisionError", evalue="division by zero",
                                                           traceback=["Traceback (most recent call last)",
                                                                      "ZeroDivisionError: division by zero"])])
-    notebook = new_notebook(cells=[new_markdown_cell("# Broken"), figure, failing])
+    badge = "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://example.org/x)"
+    notebook = new_notebook(cells=[new_markdown_cell(f"# Broken\n\n{badge}"), figure, failing])
     _, page = export_pages([Executed(tmp_path / "broken.ipynb", notebook)], tmp_path / "html")
     problems = browser_problems(check_in_browser(page, chromium=chromium))
     assert any("natural size 0x0" in problem for problem in problems), problems
+    assert not any("colab" in problem for problem in problems), "a remote badge never loads offline: no problem"
     assert any("ZeroDivisionError" in problem for problem in problems), problems

@@ -2,10 +2,13 @@
 
 The notebooks come from tests/homework_notebooks.py: the five course tasks on the tiny
 untrained ViT, solved, blanked by the converter, or with the course's classic mistakes.
-Each `check` runs one fresh kernel; there are four such runs in this file.
+Each `check` runs one fresh kernel; there are six such runs in this file: four on the small notebooks, and two on
+the real notebook 03 (solved and blank, about a minute each on a 2-core CPU, ViT-B/16 untrained). The other tests of
+the real notebooks read them without running them.
 """
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -19,7 +22,9 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from vit_inspect.cli import main
 from vit_inspect.errors import VitInspectError
 from vit_inspect.homework import (BEGIN_SOLUTION, CODE_STUB, END_SOLUTION, TEXT_STUB, CheckReport, check_notebook,
-                                  error_of, format_report, has_solutions, student_version, write_homework)
+                                  error_of, format_report, has_solutions, is_solution_cell, student_version, task_of,
+                                  write_homework)
+from vit_inspect.homework_tasks import TASKS, helpers_called, variable
 
 from .homework_notebooks import MISTAKES, TASK_CODE, solution_notebook
 
@@ -263,3 +268,121 @@ def test_error_line_comes_from_the_students_cell():
     assert error_of(cell) == ("RuntimeError: shape '[1, 197, 3, 12, 64]' is invalid for input of size 10 "
                               "(line 2: q = qkv.reshape(1, 197, 3, 12, 64)  # (B, N, 3, H, d))")
     assert error_of(new_code_cell("x = 1")) is None
+
+
+# ---------------------------------------------------------------- the real notebooks
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+WALKTHROUGHS = [path for path in NOTEBOOKS if has_solutions(nbformat.read(path, as_version=4))]
+QUESTION = "**Explain this result.**"
+
+
+def test_the_walkthrough_notebooks_carry_solutions():
+    """01-08 are homework; a notebook without markers (the explorer, or a new one) is simply not."""
+    names = {path.stem[:2] for path in WALKTHROUGHS}
+    assert {"01", "02", "03", "04", "05", "06", "07", "08"} <= names and "10" not in names
+
+
+def solution_assignments(source: str) -> set[str]:
+    """Names assigned inside the cell's solution region."""
+    inside, lines = False, []
+    for line in source.splitlines():
+        if line.strip() in (BEGIN_SOLUTION, END_SOLUTION):
+            inside = line.strip() == BEGIN_SOLUTION
+        elif inside:
+            lines.append(line)
+    tree = ast.parse("\n".join(lines))
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
+
+
+@pytest.mark.parametrize("path", WALKTHROUGHS, ids=lambda p: p.name)
+def test_task_cells_name_a_known_task_and_assign_its_variables_by_hand(path):
+    notebook = nbformat.read(path, as_version=4)
+    grade_ids = [cell.metadata["nbgrader"]["grade_id"] for cell in notebook.cells if "nbgrader" in cell.metadata]
+    assert len(grade_ids) == len(set(grade_ids)), f"{path.name}: nbgrader needs unique grade_ids"
+    cells = [cell for cell in notebook.cells if task_of(cell)]
+    assert cells, f"{path.name}: solution markers but no task cell"
+    for cell in cells:
+        spec = task_of(cell)
+        task = TASKS[spec["task"]]
+        assert cell.metadata["nbgrader"]["solution"] and not cell.metadata["nbgrader"]["grade"], "an autograded answer"
+        assert cell.source.count(BEGIN_SOLUTION) == cell.source.count(END_SOLUTION) == 1
+        wanted = {variable(output, spec) for output in task.outputs}
+        assert wanted <= solution_assignments(cell.source), f"{path.name}: {spec} must assign {sorted(wanted)}"
+        assert helpers_called(task, cell.source) == [], f"{path.name}: the {spec['task']} cell uses the helper itself"
+        after = cell.source.split(END_SOLUTION)[1]
+        assert "assert" in after, f"{path.name}: the {spec['task']} cell checks the student's tensors after the markers"
+
+
+@pytest.mark.parametrize("path", WALKTHROUGHS, ids=lambda p: p.name)
+def test_answers_follow_their_question_and_exercises_end_the_notebook(path):
+    cells = nbformat.read(path, as_version=4).cells
+    answers = [i for i, cell in enumerate(cells) if cell.cell_type == "markdown" and is_solution_cell(cell)]
+    assert answers, f"{path.name}: no 'explain this result' answer"
+    for i in answers:
+        question = next(cell for cell in reversed(cells[:i]) if cell.cell_type == "markdown")
+        assert question.source.startswith(QUESTION), f"{path.name} cell {i}: an answer follows its question"
+        assert cells[i].metadata["nbgrader"]["grade"] and cells[i].metadata["nbgrader"]["points"] > 0
+    exercises = [i for i, cell in enumerate(cells) if cell.cell_type == "markdown" and cell.source.startswith("## Exercises")]
+    assert len(exercises) == 1, f"{path.name}: one ## Exercises section"
+    items = re.findall(r"^\d+\. ", cells[exercises[0]].source, flags=re.MULTILINE)
+    assert 3 <= len(items) <= 5, f"{path.name}: 3-5 exercises, found {len(items)}"
+    assert all(task_of(cell) for cell in cells[exercises[0] + 1:]), f"{path.name}: after the exercises, starter cells only"
+
+
+@pytest.mark.parametrize("path", WALKTHROUGHS, ids=lambda p: p.name)
+def test_student_version_of_a_real_notebook(path):
+    """No solution text left, every task cell raises, every answer blank, every given line (the asserts) kept."""
+    solved = nbformat.read(path, as_version=4)
+    student = student_version(solved, path.name)
+    left = set(solution_lines(solved)) & set(code_lines(student))
+    assert not left, f"{path.name}: solution text left: {sorted(left)[:3]}"
+    stubs = CODE_STUB.splitlines() + [TEXT_STUB]
+    for before, after in zip(solved.cells, student.cells):
+        assert after.cell_type == "markdown" or (after.outputs == [] and after.execution_count is None)
+        if is_solution_cell(before) and before.cell_type == "markdown":
+            assert after.source == TEXT_STUB, "an answer becomes YOUR ANSWER HERE"
+            continue
+        if task_of(before):
+            assert CODE_STUB in after.source, "a blank task raises NotImplementedError"
+        given = [line for line in before.source.splitlines() if line.strip() and line not in solution_lines(solved)
+                 and line.strip() not in (BEGIN_SOLUTION, END_SOLUTION)]
+        assert [line for line in after.source.splitlines() if line.strip() and line not in stubs] == given, \
+            f"{path.name}: a given line changed"
+    assert student.cells[1].metadata.get("tags") == ["colab-setup"], "the student version keeps the Colab cell"
+
+
+def test_readme_lists_the_tasks_of_every_notebook():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Tasks per notebook", 1)[1].split("\n#", 1)[0]
+    listed = {match.group(1): re.findall(r"`(\w+)`", match.group(2))
+              for match in re.finditer(r"^\| `(\d\d_\w+)` \| ([^|]*) \|", section, flags=re.MULTILINE)}
+    found = {path.stem: [task_of(cell)["task"] for cell in nbformat.read(path, as_version=4).cells if task_of(cell)]
+             for path in WALKTHROUGHS}
+    assert listed == found, "the README's tasks per notebook are the notebooks' task cells, in order"
+
+
+@pytest.fixture(scope="module")
+def notebook_03_checked(tmp_path_factory) -> tuple[CheckReport, CheckReport]:
+    """vit-inspect check on notebook 03 as committed (the solution) and on its student version: two kernel runs."""
+    solved = ROOT / "notebooks" / "03_attention_by_hand.ipynb"
+    blank = tmp_path_factory.mktemp("homework") / solved.name
+    write(blank, student_version(nbformat.read(solved, as_version=4), solved.name))
+    return check_notebook(solved), check_notebook(blank)
+
+
+def test_check_passes_every_task_of_the_solved_notebook_03(notebook_03_checked):
+    solved, _ = notebook_03_checked
+    assert [task["task"] for task in solved.tasks] == ["qkv_split", "attention", "qkv_split"]
+    assert solved.failed == 0 and not solved.other_errors and solved.stopped is None, format_report(solved)
+
+
+def test_check_fails_every_task_of_the_blank_notebook_03_clearly(notebook_03_checked):
+    _, blank = notebook_03_checked
+    output = format_report(blank)
+    table = rows(output)
+    assert list(table) == ["qkv reshape and split", "scaled softmax attention", "qkv reshape and split (block 8)"]
+    for row, advice in table.values():
+        assert "FAIL" in row and "NotImplementedError (line" in row and "not solved yet" in advice
+    assert not blank.other_errors, "the reference takes the place of each blank's variables: no later cell fails"
+    assert "0 of 3 tasks pass." in output and "Traceback" not in output

@@ -5,6 +5,7 @@ homework_tasks.py, so a wrong reference fails these tests.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import to_tensor
 
-from vit_inspect import create_untrained, load_image, preprocess, sample_images, tokens_with_position
+from vit_inspect import capture, create_untrained, load_image, preprocess, sample_images, tokens_with_position
 from vit_inspect.homework_tasks import (TASKS, _same_ranking, check_task, forget_outputs, helpers_called,
                                         same, same_up_to_channel_affine)
 
@@ -23,11 +24,13 @@ def givens(model) -> dict:
     """What a notebook's given cells define, and every student answer below is built from."""
     with torch.no_grad():
         image_path = next(p for p in sample_images() if p.name == "chelsea.png")
-        x = preprocess(image_path, model).tensor  # (B, C, H, W)
+        x = preprocess(image_path, model).tensor.to(model.pos_embed.dtype)  # (B, C, H, W)
         block = model.blocks[0]
         z0 = tokens_with_position(model, model.patch_embed(x))  # (B, N, D)
         stream = model.blocks(z0)  # (B, N, D)
-    return {"model": model, "image_path": image_path, "x": x, "block": block, "z0": z0, "stream": stream}
+        attention = capture(model, x)["attention"]  # (B, L, H, N, N), what notebook 06 captures
+    return {"model": model, "image_path": image_path, "x": x, "block": block, "z0": z0, "stream": stream,
+            "attention": attention}
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +97,85 @@ def photo(g, squash: bool = False) -> torch.Tensor:
     return ((pixels - mean) / std).unsqueeze(0)  # (B, C, H, W), ImageNet constants copied by hand
 
 
+def layer_norm(g, unbiased: bool = False, eps: float | None = None, affine: bool = True, dim: int = -1,
+               norm: str = "norm1") -> dict:
+    z, module = g["z0"], getattr(g["block"], norm)
+    centred = z - z.mean(dim=dim, keepdim=True)  # (B, N, D)
+    var = (centred ** 2).sum(dim=dim, keepdim=True) / (z.shape[dim] - 1 if unbiased else z.shape[dim])
+    out = centred / (var + (module.eps if eps is None else eps)).sqrt()  # (B, N, D)
+    return {"normed": out * module.weight + module.bias if affine else out}
+
+
+def mlp(g, act=F.gelu, act_after_fc2: bool = False) -> dict:
+    block = g["block"]
+    x = block.norm2(g["z0"])  # (B, N, D)
+    hidden = act(x @ block.mlp.fc1.weight.T + block.mlp.fc1.bias)  # (B, N, 4D)
+    out = hidden @ block.mlp.fc2.weight.T + block.mlp.fc2.bias  # (B, N, D)
+    return {"hidden": hidden, "mlp_out": act(out) if act_after_fc2 else out}
+
+
+def rollout(g, identity: bool = True, renormalise: bool = True, later_on_left: bool = True) -> dict:
+    attention = g["attention"]
+    B, L, H, N, _ = attention.shape
+    result = torch.eye(N).expand(B, N, N)  # (B, N, N)
+    for layer in range(L):
+        a = attention[:, layer].sum(dim=1) / H + (torch.eye(N) if identity else 0)  # (B, N, N)
+        a = a / a.sum(dim=-1, keepdim=True) if renormalise else a
+        result = a @ result if later_on_left else result @ a  # (B, N, N)
+    return {"rollout": result}
+
+
+def distances(g, renormalise: bool = True, scale: float = 1.0, reduce_keys: str = "sum") -> dict:
+    rows, cols = torch.meshgrid(torch.arange(14.0), torch.arange(14.0), indexing="ij")  # (gh, gw)
+    centres = torch.stack([rows.flatten(), cols.flatten()], dim=1) * P + P / 2  # (gh*gw, 2) pixels
+    gap = ((centres[:, None] - centres[None]) ** 2).sum(dim=-1).sqrt()  # (gh*gw, gh*gw)
+    w = g["attention"][..., 1:, 1:]  # (B, L, H, gh*gw, gh*gw), patch queries over patch keys
+    w = w / w.sum(dim=-1, keepdim=True) if renormalise else w
+    weighted = w * gap * scale  # (B, L, H, gh*gw, gh*gw)
+    per_query = weighted.sum(dim=-1) if reduce_keys == "sum" else weighted.mean(dim=-1)  # (B, L, H, gh*gw)
+    return {"distances": per_query.mean(dim=-1)}  # (B, L, H)
+
+
+def count(g, leave_out: tuple[str, ...] = ()) -> dict:
+    """ViT-Ti/16's parameters from its configuration alone: D = 192, L = 12, MLP 768, P = 16, 1000 classes."""
+    D, L, M, P_, C, N = 192, 12, 768, 16, 1000, 197
+    norm, bias = {"norms": 0 if "norms" in leave_out else 2 * D}, "biases" in leave_out
+    ln = norm["norms"] - (D if bias and norm["norms"] else 0)  # beta is a bias too
+    linear = lambda i, o: i * o + (0 if bias else o)  # noqa: E731
+    parts = {"patch": linear(3 * P_ * P_, D), "cls": D, "pos": N * D, "head": linear(D, C), "final_norm": ln,
+             "blocks": L * (2 * ln + linear(D, 3 * D) + linear(D, D) + linear(D, M) + linear(M, D))}
+    total = sum(value for key, value in parts.items() if key not in leave_out)
+    return {"num_params": total - (D if "row" in leave_out else 0)}
+
+
+def weight_split(g, order=(0, 1, 2), transpose: bool = False) -> dict:
+    W = g["block"].attn.qkv.weight  # (3D, D)
+    D = W.shape[1]
+    blocks = [W[:D], W[D:2 * D], W[2 * D:]]
+    return {name: blocks[i].T if transpose else blocks[i] for name, i in zip(("W_q", "W_k", "W_v"), order)}
+
+
+def heads_then_three_rows(g) -> dict:
+    W = g["block"].attn.qkv.weight  # (3D, D)
+    D, H = W.shape[1], g["block"].attn.num_heads
+    d = D // H
+    rows = {name: torch.cat([W[h * 3 * d + i * d: h * 3 * d + (i + 1) * d] for h in range(H)])  # (D, D)
+            for i, name in enumerate(("W_q", "W_k", "W_v"))}
+    return rows
+
+
 RIGHT = {
     "patch_split": lambda g: {"patches": cut(g["x"])},
     "qkv_split": qkv_split,
     "attention": attention,
     "pos_similarity": similarity,
     "top5": head,
+    "layer_norm": layer_norm,
+    "mlp": mlp,
+    "rollout": rollout,
+    "attention_distance": distances,
+    "param_count": count,
+    "qkv_weight_split": weight_split,
 }
 
 MISTAKEN = {  # (task, mistake) -> the student's variables, computed the mistaken way
@@ -127,12 +203,38 @@ MISTAKEN = {  # (task, mistake) -> the student's variables, computed the mistake
     ("top5", "no_final_norm"): lambda g: head(g, g["stream"][:, 0]),
     ("top5", "first_patch"): lambda g: head(g, g["model"].norm(g["stream"])[:, 1]),
     ("top5", "probs_are_logits"): lambda g: head(g, softmax=False),
+    ("layer_norm", "unbiased_variance"): lambda g: layer_norm(g, unbiased=True),
+    ("layer_norm", "default_eps"): lambda g: layer_norm(g, eps=1e-5),
+    ("layer_norm", "no_gamma_beta"): lambda g: layer_norm(g, affine=False),
+    ("layer_norm", "over_tokens"): lambda g: layer_norm(g, dim=-2),
+    ("layer_norm", "norm2_parameters"): lambda g: (lambda n: {"normed": layer_norm(g, affine=False)["normed"]
+                                                   * n.weight + n.bias})(g["block"].norm2),
+    ("mlp", "tanh_gelu"): lambda g: mlp(g, lambda t: F.gelu(t, approximate="tanh")),
+    ("mlp", "relu"): lambda g: mlp(g, torch.relu),
+    ("mlp", "no_activation"): lambda g: mlp(g, lambda t: t),
+    ("mlp", "activation_after_fc2"): lambda g: mlp(g, act_after_fc2=True),
+    ("rollout", "no_identity"): lambda g: rollout(g, identity=False),
+    ("rollout", "not_renormalised"): lambda g: rollout(g, renormalise=False),
+    ("rollout", "earlier_layers_on_the_left"): lambda g: rollout(g, later_on_left=False),
+    ("attention_distance", "not_renormalised"): lambda g: distances(g, renormalise=False),
+    ("attention_distance", "in_patches"): lambda g: distances(g, scale=1 / P),
+    ("attention_distance", "mean_over_keys"): lambda g: distances(g, reduce_keys="mean"),
+    ("param_count", "no_head"): lambda g: count(g, ("head",)),
+    ("param_count", "no_tokens"): lambda g: count(g, ("cls", "pos")),
+    ("param_count", "no_biases"): lambda g: count(g, ("biases",)),
+    ("param_count", "no_layer_norms"): lambda g: count(g, ("norms",)),
+    ("param_count", "class_token_row"): lambda g: count(g, ("row",)),
+    ("qkv_weight_split", "q_k_swapped"): lambda g: weight_split(g, (1, 0, 2)),
+    ("qkv_weight_split", "transposed"): lambda g: weight_split(g, transpose=True),
+    ("qkv_weight_split", "heads_then_three"): heads_then_three_rows,
+    ("qkv_weight_split", "split_columns"): lambda g: dict(zip(("W_q", "W_k", "W_v"),
+                                                              g["block"].attn.qkv.weight.chunk(3, dim=1))),
 }
 
 
 def run(task: str, g: dict, answers: dict, source: str = "") -> tuple[dict, dict]:
     with torch.no_grad():
-        namespace = {"model": g["model"], "image_path": g["image_path"], **answers}
+        namespace = {"model": g["model"], "image_path": g["image_path"], "attention": g["attention"], **answers}
         return check_task(task, namespace, source), namespace
 
 
@@ -250,6 +352,7 @@ def test_an_exercise_renames_variables_and_sets_the_patch_size(given):
         namespace["patches_32"] = given["x"].reshape(1, 3, 7, 32, 7, 32).permute(0, 2, 4, 1, 3, 5).reshape(1, 49, -1)
         result = check_task("patch_split", namespace, params=params)
     assert result["status"] == "pass" and result["checks"][0]["name"] == "patches_32"
+    assert result["title"] == "patch split (patch_size 32)", "the exercise's row is told from the walk-through's"
     namespace["patches_32"] = namespace["patches"]  # the 16-pixel patches where 32 were asked for
     with torch.no_grad():
         result = check_task("patch_split", namespace, params=params)
@@ -264,7 +367,7 @@ def test_a_block_parameter_checks_another_block(given):
         deeper = qkv_split({**given, "block": given["model"].blocks[5], "z0": stream})
         result = check_task("qkv_split", {"model": given["model"], "image_path": given["image_path"], **deeper},
                             params={"block": 5})
-        assert result["status"] == "pass"
+        assert result["status"] == "pass" and result["title"] == "qkv reshape and split (block 5)"
         assert check_task("qkv_split", {"model": given["model"], "image_path": given["image_path"],
                                         **qkv_split(given)}, params={"block": 5})["status"] == "fail"
 
@@ -285,3 +388,30 @@ def test_comparisons():
     assert same(a, a) and same(a[0], a) and not same(a[0, :2], a)
     assert not same(a * (1 + 1e-3), a)
     assert same_up_to_channel_affine(a * 2 + 1, a) and not same_up_to_channel_affine(a.flip(-1), a)
+
+
+def test_a_float64_model_is_checked_in_float64(tiny):
+    """Notebooks 07 and 08 run their model in float64: the reference follows the model's dtype."""
+    double = givens(copy.deepcopy(tiny).double())
+    with torch.no_grad():
+        answers = qkv_split(double)
+    assert answers["q"].dtype == torch.float64
+    result, _ = run("qkv_split", double, answers)
+    assert result["status"] == "pass", result["advice"]
+
+
+def test_a_number_is_a_number_in_the_advice(given):
+    result, _ = run("param_count", given, {})
+    assert result["checks"][0]["expected_shape"] == [] and "assign `num_params` (a number)" in result["advice"]
+    result, _ = run("param_count", given, {"num_params": 5_717_416.0})  # right, as a float
+    assert result["status"] == "pass"
+
+
+def test_a_renamed_exercise_is_titled_by_its_variables(given):
+    with torch.no_grad():
+        answers = {"similarity_2": similarity(given)["similarity"]}
+    result = check_task("pos_similarity", {"model": given["model"], **answers},
+                        params={"names": {"similarity": "similarity_2"}})
+    assert result["status"] == "pass" and result["title"] == "position-embedding similarity (similarity_2)"
+    assert check_task("pos_similarity", {"model": given["model"], "similarity": answers["similarity_2"]})["title"] \
+        == "position-embedding similarity", "the walk-through's own row has no suffix"

@@ -134,13 +134,34 @@ def test_only_a_notebook_that_trains_its_model_keeps_all_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_colab_badge_and_setup_cell_follow_pyproject(path):
-    """Where a notebook has them, they are what scripts/colab_setup.py writes from [project.urls]."""
+    """Every notebook opens with the badge and the setup cell that scripts/colab_setup.py writes from [project.urls]."""
     notebook = nbformat.read(path, as_version=4)
-    has_colab = colab_setup.setup_index(notebook) is not None or "Open In Colab" in notebook.cells[0].source
-    if has_colab:
-        repository = colab_setup.repository_url()
-        assert colab_setup.with_colab(notebook, colab_setup.path_in_repo(path), repository) == notebook, \
-            f"{path.name}: run python scripts/colab_setup.py {path.relative_to(ROOT)}"
+    fix = f"run python scripts/colab_setup.py {path.relative_to(ROOT)}"
+    assert "Open In Colab" in notebook.cells[0].source, f"{path.name}: no Colab badge; {fix}"
+    assert colab_setup.setup_index(notebook) == 1, f"{path.name}: the Colab setup cell must be the first code cell; {fix}"
+    repository = colab_setup.repository_url()
+    assert colab_setup.with_colab(notebook, colab_setup.path_in_repo(path), repository) == notebook, \
+        f"{path.name}: badge or setup cell out of date; {fix}"
+
+
+def test_colab_setup_leaves_guarded_imports_and_installs_the_extras_a_notebook_requires():
+    """Colab's own widget manager (notebook 10) is no package to install; require_transformers() (notebook 08) is."""
+    notebook = solution_notebook()
+    notebook.cells[1].source = ("try:  # Colab only\n    from google.colab import output\n"
+                                "    output.enable_custom_widget_manager()\nexcept ImportError:\n    pass\n"
+                                + notebook.cells[1].source + "\nfrom vit_inspect import require_transformers\n"
+                                "transformers = require_transformers()")
+    setup = colab_setup.with_colab(notebook, None, "https://github.com/someone/fork").cells[1]
+    assert '["vit-inspect[hf] @ git+https://github.com/someone/fork"]' in setup.source.replace(",\n" + " " * 20, ", ") \
+        or '"vit-inspect[hf] @ git+https://github.com/someone/fork"], check=True)' in setup.source, setup.source
+    assert "google" not in setup.source.split("sys.modules")[-1], "nothing is installed for google.colab"
+    assert colab_setup.imported_modules("try:\n    import google.colab\nexcept ModuleNotFoundError:\n    pass") == []
+    assert colab_setup.imported_modules("try:\n    import numpy\nexcept KeyError:\n    pass") == ["numpy"]
+
+
+def test_notebook_10_keeps_colabs_widget_manager_after_the_setup_cell():
+    cells = nbformat.read(ROOT / "notebooks" / "10_attention_explorer.ipynb", as_version=4).cells
+    assert SETUP_TAG in cells[1].metadata.get("tags", []) and "enable_custom_widget_manager()" in cells[2].source
 
 
 def test_readme_colab_links_follow_pyproject():
@@ -153,7 +174,7 @@ def test_readme_colab_links_follow_pyproject():
 
 def test_colab_setup_puts_badge_under_the_title_and_the_cell_before_the_imports():
     notebook = solution_notebook()
-    notebook.cells[1].source += "\nimport sklearn  # scikit-learn: not one of vit-inspect's dependencies"
+    notebook.cells[1].source += "\nimport skimage  # scikit-image: not one of vit-inspect's dependencies"
     repository = "https://github.com/someone/fork"
     once = colab_setup.with_colab(notebook, "homework/01_x.ipynb", repository)
     assert colab_setup.with_colab(once, "homework/01_x.ipynb", repository) == once, "running it twice changes nothing"
@@ -163,10 +184,23 @@ def test_colab_setup_puts_badge_under_the_title_and_the_cell_before_the_imports(
         "(https://colab.research.google.com/github/someone/fork/blob/main/homework/01_x.ipynb)")
     setup = once.cells[1]
     assert setup.metadata["tags"] == [SETUP_TAG] and once.cells[2].source == notebook.cells[1].source
-    assert '"vit-inspect @ git+https://github.com/someone/fork", "scikit-learn"]' in setup.source
+    assert '"vit-inspect @ git+https://github.com/someone/fork", "scikit-image"]' in setup.source
     moved = colab_setup.with_colab(once, None, "https://github.com/other/place")
     assert "Open In Colab" not in moved.cells[0].source and "git+https://github.com/other/place" in moved.cells[1].source
     assert sum(SETUP_TAG in c.metadata.get("tags", []) for c in moved.cells) == 1
+
+
+def test_colab_setup_knows_pip_names_without_the_packages_installed(monkeypatch):
+    """CI installs requirements.txt only: skimage's pip name comes from the script's table, not from this machine;
+    sklearn and PIL are vit-inspect's own dependencies, so nothing is added for them."""
+    monkeypatch.setattr(colab_setup.importlib.metadata, "packages_distributions", lambda: {})  # nothing installed
+    monkeypatch.setitem(sys.modules, "skimage", None)  # and importing skimage fails, as in CI
+    notebook = solution_notebook()
+    notebook.cells[1].source += "\nimport skimage\nimport sklearn\nimport cv2\nimport PIL\nimport somepackage"
+    setup = colab_setup.with_colab(notebook, None, "https://github.com/someone/fork").cells[1].source
+    assert '"opencv-python", "scikit-image", "somepackage"]' in setup.replace(",\n" + " " * 20, ", "), setup
+    assert [colab_setup.pip_name(m) for m in ("sklearn", "PIL", "yaml", "skimage", "cv2", "unknown_x")] == \
+        ["scikit-learn", "Pillow", "PyYAML", "scikit-image", "opencv-python", "unknown_x"]
 
 
 def test_colab_setup_cell_installs_from_the_repository_on_colab(monkeypatch):

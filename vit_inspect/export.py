@@ -50,7 +50,8 @@ def slide_types(cells: Sequence[nbformat.NotebookNode]) -> list[str]:
     """The reveal.js slide type of every cell, by one rule.
 
     - the first cell (title, what the reader will see): "slide";
-    - the imports cell right after it: "skip" (it still runs; imports teach nothing on a screen);
+    - the Colab setup cell (tagged "colab-setup") and the imports cell after it: "skip" (they still
+      run; installs and imports teach nothing on a screen);
     - a markdown cell opening with a "# " or "## " heading starts a section: "slide";
     - any other markdown cell starts a step of its section: "subslide";
     - a code cell after a markdown cell: "-", on the slide of the text that explains it,
@@ -59,13 +60,14 @@ def slide_types(cells: Sequence[nbformat.NotebookNode]) -> list[str]:
     - an empty cell: "skip".
     """
     types = []
+    setup = len(cells) > 1 and "colab-setup" in cells[1].get("metadata", {}).get("tags", [])
     for index, cell in enumerate(cells):
         previous = cells[index - 1].cell_type if index else None
         if not cell.source.strip():
             types.append("skip")
         elif index == 0:
             types.append("slide")
-        elif index == 1 and cell.cell_type == "code":
+        elif (index == 1 or (index == 2 and setup)) and cell.cell_type == "code":
             types.append("skip")
         elif cell.cell_type == "markdown":
             types.append("slide" if re.match(r"#{1,2} ", cell.source.lstrip()) else "subslide")
@@ -273,9 +275,13 @@ def check_in_browser(page: Path, screenshot: Path | None = None, chromium: str |
 
 
 def browser_problems(report: BrowserReport) -> list[str]:
-    """What is wrong on a checked page: images that did not render, cells that show an error."""
+    """What is wrong on a checked page: images that did not render, cells that show an error.
+
+    Images from other sites (the Colab badge) are left out: the check runs with the network shut, so they never load.
+    """
+    local = [(i, image) for i, image in enumerate(report.images) if not image["src"].startswith(("http:", "https:"))]
     broken = [f"image {i} ({image['src']}...) has natural size {image['width']}x{image['height']}"
-              for i, image in enumerate(report.images) if not (image["width"] > 0 and image["height"] > 0)]
+              for i, image in local if not (image["width"] > 0 and image["height"] > 0)]
     return broken + [f"a cell shows an error: {text}" for text in report.error_cells]
 
 

@@ -268,13 +268,17 @@ def _run_cells(client, notebook: nbformat.NotebookNode, tasks: list, other_error
 
 # ---------------------------------------------------------------- the table
 
+def _shape(shape: list[int]) -> str:
+    return str(tuple(shape)) if shape else "(a number)"
+
+
 def _found(task: dict[str, Any]) -> str:
     """What the checker saw, in one line."""
     if task.get("error"):
         return task["error"]
     checks = task.get("checks", [])
     if task["status"] == "pass" or not checks:
-        shapes = ", ".join(f"{c['name']} {tuple(c.get('shape', c['expected_shape']))}" for c in checks)
+        shapes = ", ".join(f"{c['name']} {_shape(c.get('shape', c['expected_shape']))}" for c in checks)
         return (shapes + " match the reference") if shapes else task.get("advice", "")
     parts = []
     for status, words in (("missing", "not assigned"), ("not_tensor", "not a tensor"), ("shape", "wrong shape"),
@@ -288,7 +292,7 @@ def _found(task: dict[str, Any]) -> str:
 def _advice(task: dict[str, Any]) -> str:
     error = task.get("error") or ""
     if error.startswith("NotImplementedError") and not task.get("mistake"):
-        names = ", ".join(f"{c['name']} {tuple(c['expected_shape'])}" for c in task.get("checks", []))
+        names = ", ".join(f"{c['name']} {_shape(c['expected_shape'])}" for c in task.get("checks", []))
         return f"not solved yet: write your code in place of `raise NotImplementedError()`; it must assign {names}"
     return task.get("advice") or "the cell raised an error: fix the line above"
 

@@ -26,10 +26,11 @@ from torch import nn
 from torchvision.transforms.functional import to_tensor
 
 from .attention_by_hand import self_attention_by_hand
+from .attention_maps import attention_rollout, mean_attention_distance, patch_distances
 from .classification_head import head_by_hand
-from .encoder_stack import linear_by_hand, run_blocks_one_at_a_time
+from .encoder_stack import gelu_tanh, linear_by_hand, run_blocks_one_at_a_time
 from .images import data_config_of, load_image, preprocess
-from .model_info import patch_size_of
+from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
 from .patches import patchify
 from .position_embeddings import patch_pos_embed, pos_embed_similarity, tokens_with_position
 
@@ -79,7 +80,8 @@ class Context:
 
     @property
     def x(self) -> torch.Tensor:
-        return self.pre.tensor  # (B, C, H, W)
+        dtype = next(self.model.parameters()).dtype  # a notebook may run its model in float64
+        return self.pre.tensor.to(dtype)  # (B, C, H, W)
 
     @property
     def P(self) -> int:
@@ -143,14 +145,15 @@ def relative_error(student: torch.Tensor, expected: torch.Tensor) -> float:
     return float((student.double() - expected).norm() / expected.norm().clamp_min(1e-12))
 
 
-def same(student: torch.Tensor, expected: torch.Tensor, views: Callable = batch_views) -> bool:
+def same(student: torch.Tensor, expected: torch.Tensor, views: Callable = batch_views,
+         tolerance: float = RELATIVE_TOLERANCE) -> bool:
     """Same shape (up to the allowed views) and the same values up to float32 round-off."""
     view = fitted(student, expected, views)
     if view is None:
         return False
     if not (view.is_floating_point() or student.is_floating_point()):
         return torch.equal(student.long(), view.long())
-    return relative_error(student, view) <= RELATIVE_TOLERANCE
+    return relative_error(student, view) <= tolerance
 
 
 def same_shape(student: torch.Tensor, expected: torch.Tensor, views: Callable = batch_views) -> bool:
@@ -196,6 +199,7 @@ class Task:
     by_hand: tuple[str, ...] = ()           # helpers whose call would be the answer itself
     views: Callable = batch_views
     comparators: dict[str, Callable] = field(default_factory=dict)
+    tolerance: float = RELATIVE_TOLERANCE   # tighter where a mistake differs by less than 1e-4 (tanh GELU)
 
 
 def _patch_reference(ctx: Context) -> Tensors:
@@ -424,7 +428,218 @@ TOP5 = Task(
     comparators={"top5_indices": _same_ranking},
 )
 
-TASKS: dict[str, Task] = {task.name: task for task in (PATCH_SPLIT, QKV_SPLIT, ATTENTION, POS_SIMILARITY, TOP5)}
+def _layer_norm(z: torch.Tensor, norm: nn.LayerNorm, eps: float | None = None, dim: int = -1,
+                unbiased: bool = False, affine: bool = True) -> torch.Tensor:
+    """LayerNorm written out, with the knobs the classic mistakes turn: z's shape."""
+    mean = z.mean(dim=dim, keepdim=True)
+    var = z.var(dim=dim, keepdim=True, unbiased=unbiased)
+    standardised = (z - mean) / torch.sqrt(var + (norm.eps if eps is None else eps))  # z's shape
+    return standardised * norm.weight + norm.bias if affine else standardised
+
+
+def _norm1_mistake(ctx: Context, norm: nn.LayerNorm | None = None, **knobs) -> Tensors:
+    return {"normed": _layer_norm(ctx.block_input, norm or ctx.block.norm1, **knobs)}  # (B, N, D)
+
+
+LAYER_NORM = Task(
+    name="layer_norm", title="LayerNorm by hand",
+    outputs={"normed": "(B, N, D)"},
+    reference=lambda ctx: {"normed": ctx.block.norm1(ctx.block_input)},  # (B, N, D)
+    hint="per token, over its D numbers: (z - mean) / sqrt(biased variance + norm.eps), times gamma (norm.weight) "
+         "plus beta (norm.bias)",
+    mistakes=(
+        Mistake("unbiased_variance", "the unbiased variance (divided by D - 1): LayerNorm divides by D, "
+                "var(..., unbiased=False)", lambda ctx: _norm1_mistake(ctx, unbiased=True)),
+        Mistake("default_eps", "eps = 1e-5 is PyTorch's default: use the module's own, norm.eps (1e-6 in timm's ViT)",
+                lambda ctx: _norm1_mistake(ctx, eps=1e-5)),
+        Mistake("no_gamma_beta", "gamma and beta are missing: LayerNorm ends with * norm.weight + norm.bias",
+                lambda ctx: _norm1_mistake(ctx, affine=False)),
+        Mistake("over_tokens", "normalised over the tokens (dim=-2): LayerNorm normalises each token over its own "
+                "D features (dim=-1)", lambda ctx: _norm1_mistake(ctx, dim=-2)),
+        Mistake("norm2_parameters", "gamma and beta of norm2: the block's first LayerNorm is norm1, MSA(LN1(z))",
+                lambda ctx: _norm1_mistake(ctx, ctx.block.norm2)),
+    ),
+    by_hand=("layer_norm_by_hand", "layer_norm"),
+    tolerance=1e-5,  # PyTorch's default eps changes ViT-B's LayerNorm by about 1e-4
+)
+
+
+def _mlp_steps(ctx: Context, act: Callable | None = None, act_after_fc2: bool = False) -> Tensors:
+    mlp = ctx.block.mlp
+    act = act or mlp.act  # the model's own: the exact GELU for ViT-B
+    hidden = act(mlp.fc1(ctx.block.norm2(ctx.block_input)))  # (B, N, 4D)
+    out = mlp.fc2(mlp.norm(hidden))  # (B, N, D)
+    return {"hidden": hidden, "mlp_out": act(out) if act_after_fc2 else out}
+
+
+MLP = Task(
+    name="mlp", title="MLP by hand",
+    outputs={"hidden": "(B, N, 4*D)", "mlp_out": "(B, N, D)"},
+    reference=_mlp_steps,
+    hint="hidden = GELU(x @ fc1.weight.T + fc1.bias) with the exact GELU, x Phi(x); "
+         "mlp_out = hidden @ fc2.weight.T + fc2.bias",
+    mistakes=(
+        Mistake("tanh_gelu", "the tanh approximation of GELU: ViT-B uses the exact GELU, x Phi(x) with erf "
+                "(F.gelu without approximate=)", lambda ctx: _mlp_steps(ctx, gelu_tanh)),
+        Mistake("relu", "ReLU instead of GELU: the ViT MLP uses GELU, x Phi(x), smooth and negative just below 0",
+                lambda ctx: _mlp_steps(ctx, F.relu)),
+        Mistake("no_activation", "no non-linearity between fc1 and fc2: two linear layers in a row are just one "
+                "linear layer", lambda ctx: _mlp_steps(ctx, nn.Identity())),
+        Mistake("activation_after_fc2", "GELU after fc2 as well: the MLP is fc2(GELU(fc1(x))), nothing after fc2",
+                lambda ctx: _mlp_steps(ctx, act_after_fc2=True)),
+    ),
+    by_hand=("mlp_by_hand",),
+    tolerance=1e-5,  # the tanh GELU changes ViT-B's MLP by about 2e-4, a ViT-Ti's by less than 1e-4
+)
+
+
+def _captured(ctx: Context) -> torch.Tensor:
+    """The notebook's captured attention (B, L, H, N, N), as a tensor."""
+    attention = as_tensor(ctx.given("attention"))
+    if attention is None or attention.ndim != 5:
+        raise ValueError("`attention` should be the (B, L, H, N, N) tensor that capture returns")
+    return attention
+
+
+def _rollout_mistake(ctx: Context, identity: bool = True, renormalise: bool = True,
+                     later_on_left: bool = True) -> Tensors:
+    attention = _captured(ctx)
+    B, L, H, N, _ = attention.shape
+    mixed = attention.mean(dim=2)  # (B, L, N, N)
+    if identity:
+        mixed = mixed + torch.eye(N, dtype=mixed.dtype)  # (B, L, N, N)
+    if renormalise:
+        mixed = mixed / mixed.sum(dim=-1, keepdim=True)
+    rollout = mixed[:, 0]  # (B, N, N)
+    for layer in range(1, L):
+        rollout = mixed[:, layer] @ rollout if later_on_left else rollout @ mixed[:, layer]  # (B, N, N)
+    return {"rollout": rollout}
+
+
+ROLLOUT = Task(
+    name="rollout", title="attention rollout",
+    outputs={"rollout": "(B, N, N)"},
+    reference=lambda ctx: {"rollout": attention_rollout(_captured(ctx))},  # (B, N, N)
+    hint="at every layer: mean over the heads, add the identity, renormalise each row to 1; then multiply the "
+         "layers with later layers on the left, R = A'_11 ... A'_0",
+    mistakes=(
+        Mistake("no_identity", "no identity added: the residual connection carries each token past every "
+                "attention layer, so each layer is normalise(A + I)", lambda ctx: _rollout_mistake(ctx, identity=False)),
+        Mistake("not_renormalised", "the rows of A + I were not renormalised: they sum to 2, so the product grows "
+                "2x per layer", lambda ctx: _rollout_mistake(ctx, renormalise=False)),
+        Mistake("earlier_layers_on_the_left", "the layers are multiplied in the wrong order: the output token draws "
+                "on the last layer first, R = A'_11 ... A'_0 (later layers on the left)",
+                lambda ctx: _rollout_mistake(ctx, later_on_left=False)),
+    ),
+    by_hand=("attention_rollout",),
+)
+
+
+def _distances(ctx: Context) -> torch.Tensor:
+    attention = _captured(ctx)
+    grid, P = grid_size_of(ctx.model), ctx.P
+    return mean_attention_distance(attention, grid, num_prefix_tokens_of(ctx.model), P)  # (B, L, H)
+
+
+ATTENTION_DISTANCE = Task(
+    name="attention_distance", title="mean attention distance",
+    outputs={"distances": "(B, L, H)"},
+    reference=lambda ctx: {"distances": _distances(ctx)},
+    hint="drop the prefix tokens as queries and keys, renormalise each patch query's row over the patch keys, "
+         "weight the pixel distances between patch centres, sum over the keys, mean over the query patches",
+    mistakes=(
+        Mistake("not_renormalised", "the rows were not renormalised over the patch keys: without the class token's "
+                "column each row sums to less than 1 (or the class token was counted at distance 0)",
+                lambda ctx: {"distances": _unrenormalised_distances(ctx)}),
+        Mistake("in_patches", "distances in patches, not pixels: neighbouring patch centres are P = 16 px apart",
+                lambda ctx: {"distances": _distances(ctx) / ctx.P}),
+        Mistake("mean_over_keys", "the weighted distances were averaged over the keys: the attention weights already "
+                "average them, so sum over the keys (then take the mean over the queries)",
+                lambda ctx: {"distances": _distances(ctx) / math.prod(grid_size_of(ctx.model))}),
+    ),
+    by_hand=("mean_attention_distance", "average_attention_distance"),
+)
+
+
+def _unrenormalised_distances(ctx: Context) -> torch.Tensor:
+    p = num_prefix_tokens_of(ctx.model)
+    gaps = patch_distances(grid_size_of(ctx.model), ctx.P).to(torch.float64)  # (gh*gw, gh*gw)
+    weights = _captured(ctx)[..., p:, p:].double()  # (B, L, H, gh*gw, gh*gw)
+    return (weights * gaps).sum(dim=-1).mean(dim=-1)  # (B, L, H)
+
+
+def _count(ctx: Context, left_out: Callable[[str, nn.Parameter], bool] = lambda name, param: False) -> Tensors:
+    params = ctx.model.named_parameters()
+    return {"num_params": torch.tensor(sum(p.numel() for name, p in params if not left_out(name, p)))}
+
+
+def _layer_norm_params(model: nn.Module) -> set[int]:
+    return {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+
+
+PARAM_COUNT = Task(
+    name="param_count", title="parameter count",
+    outputs={"num_params": "a number"},
+    reference=_count,
+    hint="patch embedding C*P*P*D + D, class token D, position embedding (1 + gh*gw)*D, per block two LayerNorms "
+         "(2D each), qkv, proj, fc1, fc2 (weights and biases), the final LayerNorm 2D, the head D*C + C",
+    mistakes=(
+        Mistake("no_head", "the head is left out (D x 1000 weights + 1000 biases): the model's count includes it",
+                lambda ctx: _count(ctx, lambda name, p: name.startswith("head."))),
+        Mistake("no_tokens", "the class token and the position embedding are left out, as torchsummary does (it "
+                "counts only the weights and biases of layers)",
+                lambda ctx: _count(ctx, lambda name, p: name in ("cls_token", "pos_embed"))),
+        Mistake("no_biases", "the biases are left out: every Linear, the patch-embedding conv and every LayerNorm "
+                "(its beta) has one", lambda ctx: _count(ctx, lambda name, p: name.endswith("bias"))),
+        Mistake("no_layer_norms", "the LayerNorms are left out: gamma and beta, D each, in the two of every block "
+                "and the final one", lambda ctx: _count(ctx, lambda name, p: id(p) in _layer_norm_params(ctx.model))),
+        Mistake("class_token_row", "D parameters short: the class token (1, 1, D), or the position embedding's row "
+                "for it (1 + gh*gw rows, not gh*gw)",
+                lambda ctx: {"num_params": _count(ctx)["num_params"] - ctx.model.cls_token.numel()}),
+    ),
+    by_hand=("parameter_table", "parameter_groups"),
+)
+
+
+def _weight_split(weight: torch.Tensor, order: tuple[int, int, int] = (0, 1, 2)) -> Tensors:
+    D = weight.shape[1]
+    parts = weight.reshape(3, D, D)  # (3, D, D): the rows of q, then of k, then of v
+    return {name: parts[index] for name, index in zip(("W_q", "W_k", "W_v"), order)}  # each (D, D)
+
+
+def _qkv_weight(ctx: Context) -> torch.Tensor:
+    return ctx.block.attn.qkv.weight.detach()  # (3*D, D)
+
+
+def _heads_then_three_rows(ctx: Context) -> Tensors:
+    weight = _qkv_weight(ctx)
+    D, H = weight.shape[1], ctx.block.attn.num_heads
+    rows = weight.reshape(H, 3, D // H, D)  # (H, 3, d, D): rows read head by head
+    return {name: rows[:, i].reshape(D, D) for i, name in enumerate(("W_q", "W_k", "W_v"))}  # each (D, D)
+
+
+QKV_WEIGHT_SPLIT = Task(
+    name="qkv_weight_split", title="qkv weight split",
+    outputs={"W_q": "(D, D)", "W_k": "(D, D)", "W_v": "(D, D)"},
+    reference=lambda ctx: _weight_split(_qkv_weight(ctx)),
+    hint="the (3D, D) weight holds the rows of q, then of k, then of v: W_q = weight[:D], W_k = weight[D:2*D], "
+         "W_v = weight[2*D:]",
+    mistakes=(
+        Mistake("q_k_swapped", "q and k are swapped: the first D rows of the qkv weight are the query's",
+                lambda ctx: _weight_split(_qkv_weight(ctx), (1, 0, 2))),
+        Mistake("transposed", "transposed: a Linear's weight is (out, in) in timm and transformers alike, so take "
+                "the rows as they are", lambda ctx: {n: w.T for n, w in _weight_split(_qkv_weight(ctx)).items()}),
+        Mistake("heads_then_three", "rows read head by head, as (H, 3, d): the qkv output is (3, H, d), all of q, "
+                "then all of k, then all of v, so take blocks of D rows", _heads_then_three_rows),
+        Mistake("split_columns", "split along the columns (the D inputs): the three blocks are of output rows, "
+                "dim=0", lambda ctx: dict(zip(("W_q", "W_k", "W_v"), _qkv_weight(ctx).chunk(3, dim=1)))),
+    ),
+    by_hand=("split_qkv",),
+)
+
+TASKS: dict[str, Task] = {task.name: task for task in (
+    PATCH_SPLIT, QKV_SPLIT, ATTENTION, POS_SIMILARITY, TOP5, LAYER_NORM, MLP, ROLLOUT, ATTENTION_DISTANCE,
+    PARAM_COUNT, QKV_WEIGHT_SPLIT)}
 
 
 # ---------------------------------------------------------------- checking one task
@@ -452,7 +667,8 @@ def compare_output(task: Task, name: str, value: Any, reference: Tensors, label:
     if view is None:
         return {**result, "status": "shape"}
     comparator = task.comparators.get(name)
-    ok = comparator(student, expected, reference, task.views) if comparator else same(student, expected, task.views)
+    ok = (comparator(student, expected, reference, task.views) if comparator
+          else same(student, expected, task.views, task.tolerance))
     if not ok and view.is_floating_point():
         result["max_difference"] = float((student.double() - view.double()).abs().max())
     return {**result, "status": "match" if ok else "values"}
@@ -462,6 +678,8 @@ def find_mistake(task: Task, ctx: Context, students: dict[str, Any], failing: li
     """The first mistake that gives every failing variable it covers (and covers at least one)."""
     tensors = {name: as_tensor(students[name]) for name in failing if students[name] is not _MISSING}
     tensors = {name: t for name, t in tensors.items() if t is not None}
+    if not tensors:  # nothing to compare (an unsolved cell): no mistake needs computing
+        return None
     for mistake in task.mistakes:
         try:
             candidate = mistake.outputs(ctx)
@@ -494,7 +712,8 @@ def helpers_called(task: Task, source: str) -> list[str]:
 
 def generic_advice(task: Task, check: dict[str, Any]) -> str:
     name, shape = check["name"], tuple(check["expected_shape"])
-    expected = f"{task.outputs[check['output']]} = {shape}"
+    legend = task.outputs[check["output"]]
+    expected = f"{legend} = {shape}" if shape else f"({legend})"  # a number has no shape to show
     if check["status"] == "missing":
         return f"assign `{name}` {expected}: {task.hint}"
     if check["status"] == "not_tensor":
@@ -502,6 +721,13 @@ def generic_advice(task: Task, check: dict[str, Any]) -> str:
     if check["status"] == "shape":
         return f"`{name}` should be {expected}, not {tuple(check['shape'])}: {task.hint}"
     return f"`{name}` has the right shape but other values: {task.hint}"
+
+
+def where(task: Task, params: dict[str, Any]) -> str:
+    """What tells an exercise's row from the walk-through's: " (block 8)", " (patch_size 32)", " (similarity_384)"."""
+    settings = [f"{key} {params[key]}" for key in ("block", "patch_size") if key in params]
+    renamed = [variable(output, params) for output in task.outputs if variable(output, params) != output]
+    return f" ({', '.join(settings or renamed)})" if settings or renamed else ""
 
 
 def check_task(name: str, namespace: dict[str, Any], source: str = "", params: dict[str, Any] | None = None,
@@ -518,7 +744,7 @@ def check_task(name: str, namespace: dict[str, Any], source: str = "", params: d
     if task is None:
         return {"task": name, "title": name, "status": "fail", "checks": [],
                 "advice": f"unknown task {name!r}: this vit-inspect checks {', '.join(TASKS)}"}
-    result = {"task": name, "title": task.title, "checks": [], "substituted": []}
+    result = {"task": name, "title": task.title + where(task, params or {}), "checks": [], "substituted": []}
     try:
         with torch.no_grad():
             return {**result, **_evaluate(task, Context(namespace, params or {}), namespace, source, substitute)}
