@@ -87,7 +87,7 @@ def test_query_attention_heads_share_one_scale_from_zero_with_one_colour_bar(cro
         heat = ax.get_images()[1]
         assert np.allclose(heat.get_array(), maps[head].numpy())
         assert heat.get_clim() == pytest.approx((0.0, float(maps.max())))  # one scale, from 0
-        assert ax.get_title() == f"head {head} (max {float(maps[head].max()):.3f})"  # 0-based, own max
+        assert ax.get_title() == f"head {head}: max {float(maps[head].max()):.3f}"  # 0-based, own max
         assert len(ax.patches) == 1  # the query patch outline
         assert not watermarked(ax)
     bars = colorbars(fig)

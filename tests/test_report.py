@@ -124,10 +124,15 @@ def test_report_page_is_16_9_and_every_text_is_readable_at_1280_px(report_data, 
 
 def test_report_lays_out_two_rows_with_all_panels(report_data):
     fig = plot_report(report_data)
-    drawn(fig)
-    axes = [ax for ax in fig.get_axes() if ax.get_visible() and ax.axison or ax.images]
-    rows = {round(ax.get_position().y1, 1) for ax in axes if ax.get_position().height > 0.2}
-    assert len(rows) == 2, f"expected the panels in two rows, found tops at {sorted(rows)}"
+    renderer = drawn(fig)
+    page = fig.bbox.height
+    boxes = {ax: ax.get_window_extent(renderer) for ax in fig.get_axes()
+             if (ax.axison or ax.images) and not hasattr(ax, "_colorbar")}
+    panels = [ax for ax, box in boxes.items() if box.height > 0.1 * page]
+    top = [ax for ax in panels if boxes[ax].y0 > 0.45 * page]
+    bottom = [ax for ax in panels if boxes[ax].y1 < 0.55 * page]
+    assert len(top) + len(bottom) == len(panels), "every panel lies in the top or the bottom row"
+    assert len(top) == 4 and len(bottom) == 1 + 3, "crop, top-5, similarity, rollout; distance and 3 heads"
     heads = [ax for ax in fig.get_axes() if re.search(r"\bhead \d+\b", ax.get_title())]
     assert len(heads) == 3, "one panel per head of the tiny model"
 
@@ -209,3 +214,18 @@ def test_report_never_needs_jupyter(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out" / "report.png").exists()
+
+
+def test_twelve_heads_get_panels_large_enough_to_read(report_data):
+    """ViT-B has 12 heads: each panel keeps a readable map and a two-line title that no neighbour overlaps."""
+    from vit_inspect import create_untrained
+    twelve = create_untrained(TINY, seed=0, num_heads=12)  # 192 / 12 = 16 per head, like ViT-B's 12 heads
+    fig = plot_report(compute_report(sample_images()[1], twelve, random_provenance()))
+    renderer = drawn(fig)
+    heads = [ax for ax in fig.get_axes() if re.search(r"\bhead \d+: max", ax.get_title())]
+    assert len(heads) == 12
+    titles = [ax.title.get_window_extent(renderer) for ax in heads]
+    for ax, title in zip(heads, titles):
+        assert ax.get_window_extent(renderer).width >= 120, f"{ax.get_title()!r}: the map is too small to read"
+        assert ax.get_title().count("\n") == 1, f"{ax.get_title()!r}: wrapped beyond two lines"
+    assert not any(a.overlaps(b) for i, a in enumerate(titles) for b in titles[i + 1:]), "head titles overlap"

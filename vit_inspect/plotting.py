@@ -248,7 +248,7 @@ def plot_query_attention(crop: Image.Image, maps: torch.Tensor, query_cell: tupl
     vmax = float(heats.max())
     for head, ax in zip(range(H), axes):
         plot_heatmap_overlay(crop, heats[head], trained=trained, vmax=vmax, colorbar=False, ax=ax,
-                             title=f"head {head} (max {heats[head].max():.3f})")
+                             title=f"head {head}: max {heats[head].max():.3f}")
         if query_cell is not None:
             _mark_patch(ax, query_cell, patch_size)
     shared = ScalarMappable(Normalize(0.0, max(vmax, 1e-12)), cmap="inferno")
@@ -385,6 +385,7 @@ def plot_attention_distance(distance: torch.Tensor | np.ndarray, reference: floa
     colours = _head_colours(H)
     for head in range(H):
         ax.scatter(np.arange(L), values[:, head], s=14, color=colours[head], label=f"head {head}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # blocks are whole numbers
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="uniform attention")
     ax.set_xlabel("network depth (block, from 0)")

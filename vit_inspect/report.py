@@ -8,6 +8,7 @@ import json
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 import torch
@@ -132,12 +133,12 @@ def plot_report(data: ReportData) -> Figure:
         fig = Figure(figsize=REPORT_SIZE_IN, layout="constrained")
         top, bottom = fig.subfigures(2, 1, height_ratios=[1.2, 1.0])
         _plot_top_row(top, data)
-        distance_panel, heads_panel = bottom.subfigures(1, 2, width_ratios=[1.25, 2.0])
+        distance_panel, heads_panel = bottom.subfigures(1, 2, width_ratios=[1.1, 2.5])
         _plot_distance(distance_panel, data)
-        _plot_query_heads(heads_panel, data)
+        heads = _plot_query_heads(heads_panel, data)
         _report_title(fig, data)
         readable_text(fig, MIN_FONT_PT)
-        wrap_wide_titles(fig)
+        wrap_wide_titles(fig, keep=heads)
     return fig
 
 
@@ -163,7 +164,8 @@ def _plot_distance(subfigure, data: ReportData) -> None:
                   fontsize=MIN_FONT_PT, handletextpad=0.2, columnspacing=0.6, borderaxespad=0.0)
 
 
-def _plot_query_heads(subfigure, data: ReportData) -> None:
+def _plot_query_heads(subfigure, data: ReportData) -> list:
+    """The per-head panels (returned): their short two-line titles are sized to fit, never re-wrapped."""
     maps = data.query_maps  # (H, gh, gw)
     row, col = data.query
     cols = min(len(maps), 6)
@@ -173,6 +175,11 @@ def _plot_query_heads(subfigure, data: ReportData) -> None:
     title = f"block {data.layer}: attention of patch (row {row}, col {col}) per head"
     plot_query_attention(data.crop, maps, (row, col), trained=data.provenance.trained, axes=axes.ravel(),
                          title=title)
+    for ax in axes.ravel()[:len(maps)]:  # twelve small panels: their titles and watermarks at the smallest size
+        ax.title.set_fontsize(MIN_FONT_PT)
+        for text in ax.texts:
+            text.set_fontsize(min(text.get_fontsize(), MIN_FONT_PT + 3))
+    return list(axes.ravel()[:len(maps)])
 
 
 def _report_title(fig: Figure, data: ReportData) -> None:
@@ -182,10 +189,15 @@ def _report_title(fig: Figure, data: ReportData) -> None:
     fig.suptitle("\n".join(lines), color="black" if data.provenance.trained else UNTRAINED_COLOUR)
 
 
-def wrap_wide_titles(fig: Figure) -> None:
-    """Break every axes title that is wider than its axes into lines, so none runs off the page."""
+def wrap_wide_titles(fig: Figure, keep: Sequence = ()) -> None:
+    """Break every axes title wider than its axes into lines, so none runs off the page; ``keep``: axes left as they are.
+
+    (Wrapping the titles of narrow panels makes them taller, the layout then makes the panels narrower still.)
+    """
     fig.draw_without_rendering()  # lays the figure out, so titles and axes have their sizes
     for ax in fig.get_axes():
+        if ax in keep:
+            continue
         title = ax.title
         width, room = title.get_window_extent().width, ax.get_window_extent().width
         if title.get_text() and width > room:  # keep the lines the title already has, wrap each
