@@ -19,9 +19,10 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 from urllib.parse import ParseResult, unquote, urlparse
 
 import timm
@@ -107,27 +108,35 @@ def load_vit(name: str = DEFAULT_MODEL, weights: str | os.PathLike = "auto",
     trained_here = trained_here_path(weights)
     if trained_here is not None:
         return load_trained(trained_here, "local file" if trained_here == Path(weights) else "shipped")
-    model = create_untrained(name, seed)
     from_env = weights == "auto" and bool(os.environ.get(WEIGHTS_ENV))
-    try:
+    with _named_by_env(from_env):
         if isinstance(weights, str) and weights in KEYWORDS:
             path, source = _resolve_keyword(name, weights)
         else:
             path, source = weights_file_path(weights), "local file"
-        if path is None:
-            if weights == "auto" and verbose:
-                print(untrained_banner(name, seed), file=sys.stderr)
-            return LoadedViT(model.eval(), Provenance(name, "random", False, None, seed))
-        if trained_here_path(path) is not None:  # e.g. VIT_INSPECT_WEIGHTS names a file from `vit-inspect train`
+        if path is not None and trained_here_path(path) is not None:  # e.g. VIT_INSPECT_WEIGHTS names one
             return load_trained(path, source)
+    model = create_untrained(name, seed)  # built once, after the file has been found
+    if path is None:
+        if weights == "auto" and verbose:
+            print(untrained_banner(name, seed), file=sys.stderr)
+        return LoadedViT(model.eval(), Provenance(name, "random", False, None, seed))
+    with _named_by_env(from_env):
         load_weights_file(model, path)
+    marker = saved_as_trained(path)
+    return LoadedViT(model.eval(), Provenance(name, source, marker is not False, str(path),
+                                              training_known=source != "local file" or marker is not None))
+
+
+@contextmanager
+def _named_by_env(from_env: bool) -> Iterator[None]:
+    """Prefix a weights error with the variable that chose the file, when it did."""
+    try:
+        yield
     except WeightsError as err:
         if from_env:
             raise WeightsError(f"{WEIGHTS_ENV}={os.environ[WEIGHTS_ENV]}: {err}") from None
         raise
-    marker = saved_as_trained(path)
-    return LoadedViT(model.eval(), Provenance(name, source, marker is not False, str(path),
-                                              training_known=source != "local file" or marker is not None))
 
 
 def create_untrained(name: str, seed: int = 0, **model_kwargs) -> nn.Module:
