@@ -259,12 +259,13 @@ def test_mutation_in_attention_maps_is_caught(monkeypatch, name, bug, check):
 
 # ---------------------------------------------------------------- streamed inside the forward pass
 
-STREAM_MODELS = {  # name, create_model kwargs, input (H, W): prefix 1, 2 and 5, patch 32, a non-square grid
+STREAM_MODELS = {  # name, create_model kwargs, input (H, W): prefix 1, 2 and 5, patch 32, a non-square grid, qk-norm
     "tiny": ("vit_tiny_patch16_224", {}, (224, 224)),
     "deit_distilled": ("deit_tiny_distilled_patch16_224", {}, (224, 224)),
     "registers": ("vit_small_patch14_reg4_dinov2", {"img_size": 224}, (224, 224)),
     "patch32": ("vit_base_patch32_224", {}, (224, 224)),
     "non_square": ("vit_tiny_patch16_224", {"dynamic_img_size": True}, (160, 224)),
+    "qk_norm": ("vit_tiny_patch16_224", {"qk_norm": True}, (224, 224)),
 }
 
 
@@ -276,17 +277,102 @@ def stream_case(request):
     return model, images, capture(model, images)
 
 
+class EveryLayer:
+    """A LayerAnalysis that copies every layer's weights it is handed: (B, L, H, N, N)."""
+
+    def __init__(self) -> None:
+        self.layers: list[torch.Tensor] = []
+
+    def update(self, slot: int, attention: torch.Tensor) -> None:
+        self.layers.append(attention.clone())
+
+    def result(self) -> torch.Tensor:
+        return torch.stack(self.layers, dim=1)
+
+
+def streamed_with_the_weights_seen(model, images, head_fusion="mean", discard_ratio=0.0) -> dict[str, torch.Tensor]:
+    grid, prefix, patch = grid_size_of(model, images), num_prefix_tokens_of(model), patch_size_of(model)
+    analyses = {"rollout": StreamedRollout(head_fusion, discard_ratio),
+                "attention_distance": StreamedDistance(grid, prefix, patch), "seen": EveryLayer()}
+    return capture(model, images, analyses=analyses, keep_attention=False)
+
+
+def test_streamed_weights_equal_the_recorded_ones(stream_case):
+    """Streaming computes the weights from timm's q and k (fused path on); they equal what timm's explicit path records."""
+    model, images, full = stream_case
+    streamed = streamed_with_the_weights_seen(model, images)
+    assert "attention" not in streamed, "the (B, L, H, N, N) attention is stored only on request"
+    torch.testing.assert_close(streamed["seen"], full["attention"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(streamed["logits"], full["logits"], rtol=1e-4, atol=1e-5)
+    assert not any(t.is_inference() for t in streamed.values())
+
+
 @pytest.mark.parametrize("head_fusion, discard_ratio", [("mean", 0.0), ("max", 0.0), ("min", 0.5), ("mean", 0.9)])
 def test_streamed_analyses_equal_the_full_tensor_ones(stream_case, head_fusion, discard_ratio):
+    """Same weights, same analyses. (Against capture's weights, which differ by float rounding, a discard
+    ratio may drop a different one of two nearly equal entries.)"""
+    model, images, _ = stream_case
+    grid, prefix, patch = grid_size_of(model, images), num_prefix_tokens_of(model), patch_size_of(model)
+    streamed = streamed_with_the_weights_seen(model, images, head_fusion, discard_ratio)
+    torch.testing.assert_close(streamed["rollout"], attention_rollout(streamed["seen"], head_fusion, discard_ratio))
+    torch.testing.assert_close(streamed["attention_distance"],
+                               mean_attention_distance(streamed["seen"], grid, prefix, patch))
+
+
+def test_analyse_attention_equals_the_analyses_of_capture(stream_case):
     model, images, full = stream_case
     grid, prefix, patch = grid_size_of(model, images), num_prefix_tokens_of(model), patch_size_of(model)
-    streamed = analyse_attention(model, images, head_fusion, discard_ratio)
-    assert "attention" not in streamed, "the (B, L, H, N, N) attention is stored only on request"
-    torch.testing.assert_close(streamed["rollout"], attention_rollout(full["attention"], head_fusion, discard_ratio))
+    streamed = analyse_attention(model, images)
+    torch.testing.assert_close(streamed["rollout"], attention_rollout(full["attention"]), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(streamed["attention_distance"],
-                               mean_attention_distance(full["attention"], grid, prefix, patch))
-    torch.testing.assert_close(streamed["logits"], full["logits"])
-    assert not any(t.is_inference() for t in streamed.values())
+                               mean_attention_distance(full["attention"], grid, prefix, patch), rtol=1e-4, atol=1e-4)
+
+
+def test_streaming_keeps_timms_fused_attention_on(tiny):
+    """What makes streaming about as fast as a plain forward: timm's fused kernel runs, no weights are allocated per layer."""
+    flags_seen = []
+
+    class FlagsAtEachLayer(EveryLayer):
+        def update(self, slot, attention):
+            flags_seen.append(set(fused_attention_flags(tiny).values()))
+            super().update(slot, attention)
+
+    before = fused_attention_flags(tiny)
+    seen = FlagsAtEachLayer()
+    capture(tiny, torch.randn(1, 3, 224, 224), analyses={"seen": seen}, keep_attention=False)
+    assert flags_seen == [{True}] * 12, f"expected fused attention on at every layer, saw {flags_seen}"
+    torch.testing.assert_close(seen.result().sum(dim=-1), torch.ones(1, 12, 3, 197),
+                               msg="each row of the weights computed beside the fused kernel sums to 1")
+    assert fused_attention_flags(tiny) == before
+
+
+def test_streaming_falls_back_to_the_recorded_weights_for_other_attention(tiny):
+    """An attention that is not timm's own Attention (here a subclass) is recorded from its explicit path."""
+    import copy
+
+    from timm.layers import Attention
+
+    class Scaled(Attention):
+        def forward(self, x, attn_mask=None, is_causal=False):
+            return super().forward(x, attn_mask, is_causal) * 2.0
+
+    model = copy.deepcopy(tiny)
+    for block in model.blocks:
+        block.attn.__class__ = Scaled
+    images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(7))
+    streamed = streamed_with_the_weights_seen(model, images)
+    torch.testing.assert_close(streamed["seen"], capture(model, images)["attention"], rtol=0, atol=0)
+
+
+def test_streaming_refuses_an_attention_mask(tiny, monkeypatch):
+    images = torch.randn(1, 3, 224, 224)
+    block = tiny.blocks[3]
+    masked = lambda x, **kwargs: x + block.attn(block.norm1(x), attn_mask=torch.zeros(197, 197))  # noqa: E731
+    monkeypatch.setattr(block, "forward", masked)
+    with pytest.raises(VitInspectError, match="attention mask"):
+        analyse_attention(tiny, images)
+    monkeypatch.undo()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny.modules())
 
 
 def test_streamed_analyses_can_keep_the_attention_too(tiny):

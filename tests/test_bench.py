@@ -25,3 +25,14 @@ def test_bench_explorer_times_redraws_without_forward_passes(tiny, capsys):
     out = capsys.readouterr().out
     assert "redraw after a change, one head" in out and "redraw after a change, all heads" in out
     assert "new image" in out and ("met" in out)
+
+
+def test_many_image_figure_takes_turns_batch_by_batch_and_sums_each_pass():
+    from vit_inspect.bench import batchwise
+    calls = []
+    times = batchwise({name: (lambda images, name=name: calls.append((name, images))) for name in "ab"},
+                      batches=[1, 2, 3], passes=2)
+    assert calls == [("a", 1), ("b", 1), ("b", 2), ("a", 2), ("a", 3), ("b", 3),
+                     ("b", 1), ("a", 1), ("a", 2), ("b", 2), ("b", 3), ("a", 3)]
+    assert {name: len(seconds) for name, seconds in times.items()} == {"a": 2, "b": 2}
+    assert all(seconds > 0 for per_pass in times.values() for seconds in per_pass)

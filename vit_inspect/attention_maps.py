@@ -64,10 +64,9 @@ def rollout_layer(attention: torch.Tensor, head_fusion: str = "mean", discard_ra
     Heads fused, the weakest links optionally discarded, the identity added for the
     residual connection, each row renormalised to sum to 1.
     """
-    fused = discard_lowest(fuse_heads(attention, head_fusion), discard_ratio)  # (..., N, N)
-    N = fused.shape[-1]
-    mixed = fused + torch.eye(N, dtype=fused.dtype, device=fused.device)  # (..., N, N)
-    return mixed / mixed.sum(dim=-1, keepdim=True)
+    mixed = discard_lowest(fuse_heads(attention, head_fusion), discard_ratio)  # (..., N, N), a new tensor
+    mixed.diagonal(dim1=-2, dim2=-1).add_(1.0)  # + identity, in place: no second (..., N, N)
+    return mixed.div_(mixed.sum(dim=-1, keepdim=True))
 
 
 def attention_rollout(attention: torch.Tensor, head_fusion: str = "mean",
@@ -153,13 +152,19 @@ def mean_attention_distance(attention: torch.Tensor, grid: tuple[int, int], num_
 
 
 def weighted_distance(attention: torch.Tensor, distances: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    """(..., H, N, N) attention and (P, P) patch distances -> (..., H) mean attention distance."""
+    """(..., H, N, N) attention and (P, P) patch distances -> (..., H) mean attention distance.
+
+    One slice of the first dimension at a time: the products of a whole batch would be a
+    temporary as large as the attention (a fresh 15 MB for ViT-B at batch 8, every layer).
+    """
     p = num_prefix_tokens
-    patch_attention = attention[..., p:, p:]  # (..., H, P, P), a view: no copy
-    # row by row dot products: no (..., P, P) temporary (an einsum here copies the attention)
-    weighted = torch.linalg.vecdot(patch_attention, distances)  # (..., H, P)
-    mass = patch_attention.sum(dim=-1).clamp_min(torch.finfo(attention.dtype).tiny)  # (..., H, P)
-    return (weighted / mass).mean(dim=-1)
+    per_slice = []
+    for chunk in attention.split(1):
+        patch_attention = chunk[..., p:, p:]  # (1, ..., P, P), a view: no copy
+        weighted = torch.linalg.vecdot(patch_attention, distances)  # (1, ..., P)
+        mass = patch_attention.sum(dim=-1).clamp_min(torch.finfo(attention.dtype).tiny)  # (1, ..., P)
+        per_slice.append((weighted / mass).mean(dim=-1))  # (1, ...)
+    return torch.cat(per_slice)
 
 
 def uniform_attention_distance(grid: tuple[int, int], patch_size: int) -> float:

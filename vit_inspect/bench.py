@@ -5,14 +5,16 @@
 The machine may be shared and noisy, so every figure is a ratio measured in one
 process on the same inputs: the candidates run interleaved, once each per round, in a
 rotating order; after a warm-up, the median of the per-round ratios is printed with
-its min-max. The reference is the faster (by median) of the plain fused and the plain
-unfused ``model(x)``. Weights are untrained and inputs random: the amount of arithmetic,
+its min-max. For the many-image figure the candidates take turns batch by batch, and a
+round is one pass over all the images. The reference is the faster (by median) of the
+plain fused and the plain unfused ``model(x)``. Weights are untrained and inputs random: the amount of arithmetic,
 hence the speed, does not depend on their values.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -68,15 +70,40 @@ def ratio_line(label: str, numerator: list[float], denominator: list[float]) -> 
             f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} pairs)")
 
 
+def batchwise(candidates: dict[str, Callable[[torch.Tensor], object]], batches: list[torch.Tensor],
+              passes: int) -> dict[str, list[float]]:
+    """Seconds per pass over all ``batches`` for each candidate.
+
+    The candidates take turns batch by batch, the order rotated at every batch, so a slow
+    spell of a shared machine falls on all of them rather than on one candidate's whole pass.
+    """
+    names = list(candidates)
+    times: dict[str, list[float]] = {name: [0.0] * passes for name in names}
+    for step in range(passes * len(batches)):
+        images, shift = batches[step % len(batches)], step % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name][step // len(batches)] += timed(functools.partial(candidates[name], images))
+    return times
+
+
+def plain_forward(model: nn.Module, fused: bool) -> Callable[[torch.Tensor], None]:
+    """``model(images)`` with fused attention on or off."""
+    def run(images: torch.Tensor) -> None:
+        with torch.inference_mode(), fused_attention(model, enabled=fused):
+            model(images)
+    return run
+
+
 def forwards(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, Callable[[], None]]:
     """The plain fused and unfused forward passes over ``batches``."""
-    def plain(fused: bool) -> Callable[[], None]:
+    def over_batches(fused: bool) -> Callable[[], None]:
+        forward = plain_forward(model, fused)
+
         def run() -> None:
-            with torch.inference_mode(), fused_attention(model, enabled=fused):
-                for images in batches:
-                    model(images)
+            for images in batches:
+                forward(images)
         return run
-    return {"plain fused": plain(True), "plain unfused": plain(False)}
+    return {"plain fused": over_batches(True), "plain unfused": over_batches(False)}
 
 
 def attention_extract(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -113,36 +140,33 @@ def bench_capture(model: nn.Module, batch: int, rounds: int) -> dict[str, list[f
     return times
 
 
-def full_tensor_analyses(model: nn.Module, batches: list[torch.Tensor]) -> Callable[[], None]:
-    """Rollout and distance from the stored (B, L, H, N, N) attention, one output reused across batches."""
+def full_tensor_analyses(model: nn.Module) -> Callable[[torch.Tensor], None]:
+    """Rollout and distance from the stored (B, L, H, N, N) attention, one output reused across calls."""
     grid, patch, prefix = grid_size_of(model), patch_size_of(model), num_prefix_tokens_of(model)
     tokens = prefix + grid[0] * grid[1]
+    kept: dict[str, torch.Tensor] = {}
 
-    def run() -> None:
-        buffer = None
-        for images in batches:
-            reuse = reusable(buffer, images.shape[0], tokens)
-            attention = capture(model, images, attention_out=reuse)["attention"]  # (B, L, H, N, N)
-            buffer = attention if reuse is None else buffer
-            attention_rollout(attention)
-            mean_attention_distance(attention, grid, prefix, patch)
+    def run(images: torch.Tensor) -> None:
+        reuse = reusable(kept.get("output"), images.shape[0], tokens)
+        attention = capture(model, images, attention_out=reuse)["attention"]  # (B, L, H, N, N)
+        kept.setdefault("output", attention)
+        attention_rollout(attention)
+        mean_attention_distance(attention, grid, prefix, patch)
     return run
 
 
-def bench_analyses(model: nn.Module, num_images: int, batch: int, rounds: int) -> None:
+def bench_analyses(model: nn.Module, num_images: int, batch: int, passes: int) -> None:
     batches = list(torch.randn(num_images, 3, 224, 224).split(batch))
-
-    def streamed() -> None:  # rollout and distance inside the forward pass: no (B, L, H, N, N) tensor
-        for images in batches:
-            analyse_attention(model, images)
-
-    plain = forwards(model, batches)
-    for run in (*forwards(model, batches[:1]).values(), lambda: analyse_attention(model, batches[0])):
-        run()  # warm-up: one batch of each is enough after the capture figures
-    times = interleaved({**plain, "streamed": streamed, "full tensor": full_tensor_analyses(model, batches)},
-                        rounds, warmup=0)
+    candidates = {"plain fused": plain_forward(model, True), "plain unfused": plain_forward(model, False),
+                  # rollout and distance inside the forward pass: no (B, L, H, N, N) tensor
+                  "streamed": lambda images: analyse_attention(model, images),
+                  "full tensor": full_tensor_analyses(model)}
+    for run in candidates.values():
+        run(batches[0])  # warm-up: one batch of each is enough after the capture figures
+    times = batchwise(candidates, batches, passes)
     reference = plain_reference(times)
-    print(f"\ncapture + rollout + mean attention distance for {num_images} images in batches of {batch} "
+    print(f"\ncapture + rollout + mean attention distance for {num_images} images in batches of {batch}, "
+          f"the candidates taking turns batch by batch "
           f"(reference: {num_images} {reference} forwards, median {statistics.median(times[reference]):.1f} s)")
     print(ratio_line(f"streamed analyses / {num_images} plain forwards", times["streamed"], times[reference]))
     print(ratio_line("full-tensor analyses / plain forwards", times["full tensor"], times[reference]))
@@ -254,7 +278,7 @@ def memory_probe(kind: str, batch: int, model_name: str) -> dict:
     elif kind == "streamed analyses":
         run = lambda: analyse_attention(model, images)  # noqa: E731
     elif kind == "full-tensor analyses":
-        run = lambda: full_tensor_analyses(model, [images])()  # noqa: E731
+        run = lambda: full_tensor_analyses(model)(images)  # noqa: E731
     elif kind == "AttentionExtract":
         extract = attention_extract(model)
         run = lambda: extract(images)  # noqa: E731
@@ -318,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vit_inspect.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=BENCH_MODEL)
     parser.add_argument("--pairs", type=int, default=7, help="rounds after warm-up (default: 7)")
-    parser.add_argument("--pairs-images", type=int, default=5, help="rounds for the many-image figure (default: 5)")
+    parser.add_argument("--pairs-images", type=int, default=5, help="passes over the images for the many-image figure (default: 5)")
     parser.add_argument("--images", type=int, default=64, help="images for the analyses figure (default: 64)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)

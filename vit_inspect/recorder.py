@@ -12,16 +12,25 @@ to ``analyses`` (a :class:`LayerAnalysis` each, e.g. a rollout or a distance tha
 accumulates layer by layer), so an analysis of every layer needs no (B, L, H, N, N)
 tensor at all.
 
+When only analyses want the weights (``keep_attention=False``) and the attention is
+timm's own ``Attention``, the model keeps its fused attention and the weights are
+computed from the q and k that timm passes to it, into two buffers reused by every
+layer. timm's explicit path allocates two fresh (B, H, N, N) tensors per layer, and the
+allocator hands that memory back to the system between layers: each one then costs a
+page fault per 4 KiB again (see ``make bench``).
+
 :func:`fused_attention` is that scoped switch on its own; :func:`timm_attention_weights`
 records one block's weights for notebook 03.
 """
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from typing import Iterator, Mapping, Protocol, Sequence
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
+from timm.layers import Attention
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .errors import VitInspectError
 
@@ -30,7 +39,10 @@ class LayerAnalysis(Protocol):
     """Something computed from each chosen layer's attention as the forward pass produces it."""
 
     def update(self, slot: int, attention: torch.Tensor) -> None:
-        """Take layer ``slot``'s (B, H, N, N) attention (``slot`` counts the chosen layers, 0 first)."""
+        """Take layer ``slot``'s (B, H, N, N) attention (``slot`` counts the chosen layers, 0 first).
+
+        ``attention`` may be a buffer that the next layer overwrites: copy what you keep.
+        """
 
     def result(self) -> torch.Tensor:
         """What the analysis computed, once every chosen layer has been seen."""
@@ -54,22 +66,34 @@ def capture(model: nn.Module, images: torch.Tensor, layers: Sequence[int] | None
     ``analyses``: ``{name: LayerAnalysis}``, each handed every chosen layer's (B, H, N, N)
     attention in forward order; ``name`` maps to its ``result()`` in the returned dict.
     ``keep_attention=False`` stores no attention (no "attention" key): only the analyses see it.
+    On timm's own ``Attention`` the fused kernel then stays on and the analyses get
+    softmax(q k^T * scale) from its q and k: the recorded weights up to float rounding.
     """
     chosen = _chosen_layers(model, layers)
     counter = _Recorder(len(chosen), store=False)  # checks every chosen layer ran exactly once
     consumers: list[LayerAnalysis] = [counter, *(analyses or {}).values()]
     recorders = {"attention": _Recorder(len(chosen), attention_out)} if keep_attention else {}
     consumers += recorders.values()
-    targets = [(_attention_module(model, i), slot, consumers) for slot, i in enumerate(chosen)]
+    modules = [_attention_module(model, i) for i in chosen]
+    fused = not keep_attention and all(type(attn) is Attention for attn in modules)
+    hooks = _weights_hooks(modules, consumers, fused)
     if blocks:
         recorders["blocks"] = _Recorder(len(chosen))
-        targets += [(model.blocks[i], slot, [recorders["blocks"]]) for slot, i in enumerate(chosen)]
-    with torch.inference_mode(), _recording(model, targets):
+        hooks += [_on_output(model.blocks[i], _hand_to([recorders["blocks"]], slot)) for slot, i in enumerate(chosen)]
+    with torch.inference_mode(), _recording(model, hooks, fused):
         logits = model(images)  # (B, C)
     counter.result()
     with torch.inference_mode(False):  # normal tensors, usable outside inference mode
         found = {name: analysis.result().clone() for name, analysis in (analyses or {}).items()}
         return {"logits": logits.clone(), **{key: rec.result() for key, rec in recorders.items()}, **found}
+
+
+def _weights_hooks(modules: Sequence[nn.Module], consumers: Sequence[LayerAnalysis],
+                   fused: bool) -> list[Registration]:
+    """Hooks handing each attention's weights to the consumers: computed beside the fused kernel, or recorded."""
+    if fused:
+        return _WeightsFromQK().hooks(modules, consumers)
+    return [_on_output(attn.attn_drop, _hand_to(consumers, slot)) for slot, attn in enumerate(modules)]
 
 
 def _chosen_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
@@ -89,12 +113,12 @@ def _chosen_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
 
 
 def _attention_module(model: nn.Module, layer: int) -> nn.Module:
-    """The module whose output is layer ``layer``'s attention weights (eval mode)."""
+    """Block ``layer``'s attention, whose ``attn_drop`` outputs its weights when not fused (eval mode)."""
     attn = getattr(model.blocks[layer], "attn", None)
     if not (hasattr(attn, "attn_drop") and hasattr(attn, "fused_attn")):
         raise VitInspectError(f"blocks[{layer}].attn of {type(model).__name__} has no "
                               "attn_drop/fused_attn; its attention weights cannot be captured")
-    return attn.attn_drop
+    return attn
 
 
 class _Recorder:
@@ -133,14 +157,69 @@ def _hand_to(consumers: Sequence[LayerAnalysis], slot: int):
     return hook
 
 
+Registration = Callable[[], RemovableHandle]
+
+
+def _on_output(module: nn.Module, hook: Callable) -> Registration:
+    return lambda: module.register_forward_hook(hook)
+
+
+class _WeightsFromQK:
+    """softmax(q k^T * scale) from the q and k that timm's ``Attention`` computes, fused path left on.
+
+    Written like timm's explicit path, into one (B, H, N, N) buffer that every layer of the
+    forward pass reuses, one image at a time (its scores stay in cache for the softmax).
+    """
+
+    def __init__(self) -> None:
+        self.q: torch.Tensor | None = None
+        self.weights: torch.Tensor | None = None
+
+    def hooks(self, modules: Sequence[nn.Module], consumers: Sequence[LayerAnalysis]) -> list[Registration]:
+        hooks = []
+        for slot, attn in enumerate(modules):
+            hooks += [lambda attn=attn: attn.register_forward_pre_hook(_refuse_masks, with_kwargs=True),
+                      _on_output(attn.q_norm, self._keep_q),
+                      _on_output(attn.k_norm, self._hand_weights(attn.scale, slot, consumers))]
+        return hooks
+
+    def _keep_q(self, module: nn.Module, inputs: tuple, q: torch.Tensor) -> None:
+        self.q = q  # (B, H, N, d)
+
+    def _hand_weights(self, scale: float, slot: int, consumers: Sequence[LayerAnalysis]):
+        def hook(module: nn.Module, inputs: tuple, k: torch.Tensor) -> None:
+            if self.q is None:
+                raise VitInspectError("k_norm ran before q_norm: this attention does not follow timm's layout")
+            weights = self.weights_of(self.q * scale, k)  # (B, H, N, N)
+            self.q = None
+            for consumer in consumers:
+                consumer.update(slot, weights)
+        return hook
+
+    def weights_of(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """(B, H, N, d) scaled queries and keys -> (B, H, N, N) weights, in the reused buffer."""
+        B, H, N, d = q.shape
+        if self.weights is None or self.weights.shape != (B, H, N, N) or self.weights.dtype != q.dtype:
+            self.weights = q.new_empty(B, H, N, N)
+        for image, weights in enumerate(self.weights):  # weights: (H, N, N)
+            torch.bmm(q[image], k[image].transpose(1, 2), out=weights)  # (H, N, N) scores
+            torch.softmax(weights, dim=-1, out=weights)  # in place, row by row
+        return self.weights
+
+
+def _refuse_masks(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    if len(args) > 1 or kwargs.get("attn_mask") is not None or kwargs.get("is_causal", False):
+        raise VitInspectError("this model passes an attention mask: capture its attention with "
+                              "keep_attention=True, which records timm's own masked weights")
+
+
 @contextmanager
-def _recording(model: nn.Module,
-               targets: list[tuple[nn.Module, int, Sequence[LayerAnalysis]]]) -> Iterator[None]:
-    """Unfused attention and forward hooks, all undone on exit (even after an exception)."""
+def _recording(model: nn.Module, hooks: Sequence[Registration], fused: bool = False) -> Iterator[None]:
+    """Every fused_attn flag set to ``fused`` and the hooks registered, all undone on exit (even after an exception)."""
     with ExitStack() as undo:
-        undo.enter_context(fused_attention(model, enabled=False))
-        for module, slot, consumers in targets:
-            undo.callback(module.register_forward_hook(_hand_to(consumers, slot)).remove)
+        undo.enter_context(fused_attention(model, enabled=fused))
+        for register in hooks:
+            undo.callback(register().remove)
         yield
 
 
@@ -175,6 +254,6 @@ def timm_attention_weights(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     fused attention off and one hook, both undone on exit even if the forward fails.
     """
     recorder = _Recorder(1)
-    with torch.no_grad(), _recording(block, [(block.attn.attn_drop, 0, [recorder])]):
+    with torch.no_grad(), _recording(block, [_on_output(block.attn.attn_drop, _hand_to([recorder], 0))]):
         block.attn(block.norm1(x))
     return recorder.result()[:, 0]  # (B, H, N, N)
