@@ -168,12 +168,15 @@ class _WeightsFromQK:
     """softmax(q k^T * scale) from the q and k that timm's ``Attention`` computes, fused path left on.
 
     Written like timm's explicit path, into one (B, H, N, N) buffer that every layer of the
-    forward pass reuses, one image at a time (its scores stay in cache for the softmax).
+    forward pass reuses, one image at a time: its (H, N, N) scores, in a scratch buffer of
+    their own, stay in cache for the softmax (never computed in place, whose aliasing not
+    every backend's kernel allows).
     """
 
     def __init__(self) -> None:
         self.q: torch.Tensor | None = None
         self.weights: torch.Tensor | None = None
+        self.scores: torch.Tensor | None = None
 
     def hooks(self, modules: Sequence[nn.Module], consumers: Sequence[LayerAnalysis]) -> list[Registration]:
         hooks = []
@@ -200,10 +203,10 @@ class _WeightsFromQK:
         """(B, H, N, d) scaled queries and keys -> (B, H, N, N) weights, in the reused buffer."""
         B, H, N, d = q.shape
         if self.weights is None or self.weights.shape != (B, H, N, N) or self.weights.dtype != q.dtype:
-            self.weights = q.new_empty(B, H, N, N)
+            self.weights, self.scores = q.new_empty(B, H, N, N), q.new_empty(H, N, N)
         for image, weights in enumerate(self.weights):  # weights: (H, N, N)
-            torch.bmm(q[image], k[image].transpose(1, 2), out=weights)  # (H, N, N) scores
-            torch.softmax(weights, dim=-1, out=weights)  # in place, row by row
+            torch.bmm(q[image], k[image].transpose(1, 2), out=self.scores)  # (H, N, N)
+            torch.softmax(self.scores, dim=-1, out=weights)  # (H, N, N)
         return self.weights
 
 
