@@ -7,8 +7,8 @@ process on the same inputs: the candidates run interleaved, once each per round,
 rotating order; after a warm-up, the median of the per-round ratios is printed with
 its min-max. For the many-image figure the candidates take turns batch by batch, and a
 round is one pass over all the images. The reference is the faster (by median) of the
-plain fused and the plain unfused ``model(x)``. Weights are untrained and inputs random: the amount of arithmetic,
-hence the speed, does not depend on their values.
+plain fused and the plain unfused ``model(x)``. Weights are untrained and inputs random:
+the amount of arithmetic, hence the speed, does not depend on their values.
 """
 from __future__ import annotations
 
@@ -94,16 +94,9 @@ def plain_forward(model: nn.Module, fused: bool) -> Callable[[torch.Tensor], Non
     return run
 
 
-def forwards(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, Callable[[], None]]:
-    """The plain fused and unfused forward passes over ``batches``."""
-    def over_batches(fused: bool) -> Callable[[], None]:
-        forward = plain_forward(model, fused)
-
-        def run() -> None:
-            for images in batches:
-                forward(images)
-        return run
-    return {"plain fused": over_batches(True), "plain unfused": over_batches(False)}
+def plain_forwards(model: nn.Module) -> dict[str, Callable[[torch.Tensor], None]]:
+    """The plain fused and unfused forward passes, by name."""
+    return {"plain fused": plain_forward(model, True), "plain unfused": plain_forward(model, False)}
 
 
 def attention_extract(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -124,7 +117,8 @@ def bench_capture(model: nn.Module, batch: int, rounds: int) -> dict[str, list[f
     images = torch.randn(batch, 3, 224, 224)
     extract = attention_extract(model)
     reused = capture(model, images)["attention"]  # (B, L, H, N, N), written again every round
-    candidates = {**forwards(model, [images]), "capture": lambda: capture(model, images),
+    plain = {name: functools.partial(run, images) for name, run in plain_forwards(model).items()}
+    candidates = {**plain, "capture": lambda: capture(model, images),
                   "capture, reused output": lambda: capture(model, images, attention_out=reused),
                   "AttentionExtract": lambda: extract(images)}
     times = interleaved(candidates, rounds)
@@ -149,7 +143,8 @@ def full_tensor_analyses(model: nn.Module) -> Callable[[torch.Tensor], None]:
     def run(images: torch.Tensor) -> None:
         reuse = reusable(kept.get("output"), images.shape[0], tokens)
         attention = capture(model, images, attention_out=reuse)["attention"]  # (B, L, H, N, N)
-        kept.setdefault("output", attention)
+        if reuse is None:
+            kept["output"] = attention
         attention_rollout(attention)
         mean_attention_distance(attention, grid, prefix, patch)
     return run
@@ -157,7 +152,7 @@ def full_tensor_analyses(model: nn.Module) -> Callable[[torch.Tensor], None]:
 
 def bench_analyses(model: nn.Module, num_images: int, batch: int, passes: int) -> None:
     batches = list(torch.randn(num_images, 3, 224, 224).split(batch))
-    candidates = {"plain fused": plain_forward(model, True), "plain unfused": plain_forward(model, False),
+    candidates = {**plain_forwards(model),
                   # rollout and distance inside the forward pass: no (B, L, H, N, N) tensor
                   "streamed": lambda images: analyse_attention(model, images),
                   "full tensor": full_tensor_analyses(model)}
@@ -283,7 +278,7 @@ def memory_probe(kind: str, batch: int, model_name: str) -> dict:
         extract = attention_extract(model)
         run = lambda: extract(images)  # noqa: E731
     else:
-        run = forwards(model, [images])["plain fused"]
+        run = functools.partial(plain_forward(model, True), images)
     reset = _reset_peak_rss()
     before = _status_kib("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kept = run()  # the outputs stay alive until the peak is read, as they would for a caller
@@ -342,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vit_inspect.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=BENCH_MODEL)
     parser.add_argument("--pairs", type=int, default=7, help="rounds after warm-up (default: 7)")
-    parser.add_argument("--pairs-images", type=int, default=5, help="passes over the images for the many-image figure (default: 5)")
+    parser.add_argument("--pairs-images", type=int, default=5,
+                        help="passes over the images for the many-image figure (default: 5)")
     parser.add_argument("--images", type=int, default=64, help="images for the analyses figure (default: 64)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
