@@ -118,7 +118,7 @@ def test_download_prints_the_path_to_pass(monkeypatch, tmp_path, capsys):
         target.write_bytes(b"weights")
         return str(target)
 
-    monkeypatch.setattr("vit_inspect.weights.hub_reachable", lambda: True)
+    monkeypatch.setattr("vit_inspect.hub.hub_reachable", lambda: True)  # where `download` looks it up
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
     assert main(["download", "--to", str(tmp_path / "w")]) == 0
     out = capsys.readouterr().out
@@ -328,7 +328,33 @@ def test_train_a_torchvision_set_offline_is_one_line(monkeypatch, tmp_path, caps
                  str(tmp_path / "m.safetensors")]) == 1
     line = last_error_line(capsys)
     assert line.startswith("vit-inspect: error: --dataset mnist") and "network" in line
+    assert "use --dataset digits" in line and 'dataset="' not in line, "command-line terms on the command line"
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_train_on_a_folder_of_one_class_names_the_option(tmp_path, capsys):
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "one" / "only" / "a.png")
+    assert main(["train", "--dataset", str(tmp_path / "one"), "--out", str(tmp_path / "w.safetensors")]) == 1
+    line = last_error_line(capsys)
+    assert line.startswith(f"vit-inspect: error: --dataset {tmp_path / 'one'}: ") and "at least 2" in line
+
+
+def test_train_accepts_exactly_the_datasets_training_loads_by_name(tmp_path, monkeypatch):
+    """The names `--dataset` accepts, lists and offers in --help are those `load_dataset` knows."""
+    from vit_inspect import training
+    from vit_inspect.cli import VitInspectError, build_parser, check_dataset
+
+    monkeypatch.chdir(tmp_path)  # no folder here is named like a dataset
+    loaded_by_name = [training.DIGITS, *training.TORCHVISION_DATASETS]
+    for name in loaded_by_name:
+        check_dataset(name)
+    with pytest.raises(VitInspectError) as caught:
+        check_dataset("svhn")
+    listed = str(caught.value).split("not one of ", 1)[1].split(", and ")[0]
+    assert listed.split(", ") == loaded_by_name, listed
+    train_help = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert " | ".join(loaded_by_name) in " ".join(train_help.split())
 
 
 def test_report_on_the_shipped_digits_model_names_digit_classes(tmp_path):

@@ -148,7 +148,9 @@ def test_folder_errors_are_one_line(tmp_path):
     for folder, words in cases:
         with pytest.raises(VitInspectError, match=words) as caught:
             load_dataset(folder)
-        assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
+        message = str(caught.value)
+        assert message.startswith(f'dataset="{folder}": ') and "\n" not in message
+        assert "--" not in message, "a Python call's error names the argument, not a command-line option"
 
 
 class FakeTorchvisionSet:
@@ -185,8 +187,8 @@ def test_torchvision_set_without_network_is_one_clear_line(monkeypatch, tmp_path
     with pytest.raises(VitInspectError) as caught:
         load_dataset("mnist", root=tmp_path)
     message = str(caught.value)
-    assert "\n" not in message and "mnist" in message and str(tmp_path) in message
-    assert "network" in message and "digits" in message
+    assert "\n" not in message and message.startswith('dataset="mnist": ') and str(tmp_path) in message
+    assert "network" in message and 'dataset="digits"' in message and "--" not in message
 
 
 # ---------------------------------------------------------------- the recipe

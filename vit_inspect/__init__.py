@@ -13,7 +13,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-# module -> the public names it defines; internals stay importable from their modules only
+# module -> the public names importable from it (some are re-exported there from their home module);
+# internals stay importable from their modules only
 _EXPORTS: dict[str, tuple[str, ...]] = {
     # shared ground
     "errors": ("VitInspectError", "WeightsError", "ImageError"),

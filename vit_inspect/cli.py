@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from .dataset_names import DATASETS
 from .errors import VitInspectError, command_line_messages, weights_argument
 from .model_info import DEFAULT_MODEL
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a small ViT from scratch (default: the bundled digits, offline)")
     train.add_argument("--dataset", default="digits",
-                       help="digits | mnist | fashion-mnist | cifar10 | PATH of a folder with one sub-folder "
+                       help=f"{' | '.join(DATASETS)} | PATH of a folder with one sub-folder "
                             "of images per class (default: digits, which needs no network)")
     train.add_argument("--epochs", default=None, metavar="N",
                        help="passes over the training images (default: the recipe's, as for the shipped weights)")
@@ -126,15 +127,18 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise VitInspectError(f"--out {out}: directory is not empty; pass --force to write into it")
 
 
-class Architecture(NamedTuple):
+class ModelShape(NamedTuple):
     """What the checks need to know of a model, read without building its weights."""
     depth: int
     grid: tuple[int, int]
     has_class_token: bool
 
 
-def architecture_of(name: str) -> Architecture:
-    """Depth, patch grid and class token of timm model ``name``, from a build on the meta device."""
+def model_shape(name: str) -> ModelShape:
+    """Depth, patch grid and class token of timm model ``name``, from a build on the meta device.
+
+    Not ``weights.architecture_of``, which only strips the weights tag from a name.
+    """
     import timm
     import torch
 
@@ -147,13 +151,13 @@ def architecture_of(name: str) -> Architecture:
     if blocks is None or not hasattr(model, "patch_embed"):
         raise VitInspectError(f"--model {name}: not a timm VisionTransformer (no blocks / patch_embed)")
     grid = tuple(int(s) for s in model.patch_embed.grid_size)
-    return Architecture(len(blocks), grid, getattr(model, "cls_token", None) is not None)
+    return ModelShape(len(blocks), grid, getattr(model, "cls_token", None) is not None)
 
 
-def check_query_and_layer(architecture: Architecture, model_name: str, query: tuple[int, int] | None,
+def check_query_and_layer(shape: ModelShape, model_name: str, query: tuple[int, int] | None,
                           layer: int) -> None:
     """One-line errors, in command-line terms, for a query or layer the model does not have."""
-    depth, (gh, gw), has_class_token = architecture
+    depth, (gh, gw), has_class_token = shape
     if not has_class_token:
         raise VitInspectError(f"--model {model_name} has no class token; the report's rollout follows it")
     if layer >= depth:
@@ -167,7 +171,7 @@ def run_report(args: argparse.Namespace) -> None:
     query = None if args.query is None else parse_query(args.query)
     layer = parse_layer(args.layer)
     check_out_dir(args.out, args.force)
-    check_query_and_layer(architecture_of(args.model), args.model, query, layer)
+    check_query_and_layer(model_shape(args.model), args.model, query, layer)
 
     import matplotlib
     matplotlib.use("Agg")
@@ -271,7 +275,8 @@ def _print_distance(distance, trained: bool, uniform: float) -> None:
 # ---------------------------------------------------------------- download
 
 def run_download(args: argparse.Namespace) -> None:
-    from .weights import WEIGHTS_ENV, download_weights, hub_reachable, hub_unreachable_reason
+    from .hub import download_weights, hub_reachable, hub_unreachable_reason
+    from .weights import WEIGHTS_ENV
 
     if not hub_reachable():
         raise VitInspectError(f"cannot download: {hub_unreachable_reason()}; run this where there is network")
@@ -281,9 +286,6 @@ def run_download(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- train
-
-NAMED_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")  # training.DATASETS, without importing torch
-
 
 def parse_count(option: str, text: str | None, smallest: int) -> int | None:
     """An integer option's value (None stays None); a one-line error below ``smallest`` or if not an integer."""
@@ -300,10 +302,10 @@ def parse_count(option: str, text: str | None, smallest: int) -> int | None:
 
 def check_dataset(dataset: str) -> None:
     """A dataset name, or an existing folder; a one-line error otherwise."""
-    if dataset in NAMED_DATASETS or Path(dataset).is_dir():
+    if dataset in DATASETS or Path(dataset).is_dir():
         return
     where = "is a file, not a folder" if Path(dataset).exists() else "no such folder"
-    raise VitInspectError(f"--dataset {dataset}: not one of {', '.join(NAMED_DATASETS)}, and {where}")
+    raise VitInspectError(f"--dataset {dataset}: not one of {', '.join(DATASETS)}, and {where}")
 
 
 def train_out(dataset: str, out: Path | None, force: bool) -> Path:
@@ -366,10 +368,10 @@ def _compare_with_shipped(dataset: str, accuracy: float, config) -> None:
     """After training on a dataset whose weights ship, say how far this run is from them."""
     from dataclasses import asdict
 
-    from . import training
+    from .small_vit import shipped_weights, training_metadata
 
     try:
-        shipped = training.training_metadata(training.shipped_weights(dataset))
+        shipped = training_metadata(shipped_weights(dataset))
     except VitInspectError:  # not shipped for this dataset, or the file is missing
         return
     same = "the same recipe" if shipped["train_config"] == asdict(config) else "another recipe"

@@ -3,7 +3,8 @@
 A message that tells the user what to type says it the way they are working: in Python
 syntax (``weights="DIR/model.safetensors"``) by default, in command-line syntax
 (``--weights DIR/model.safetensors``) inside :func:`command_line_messages`, which the CLI
-wraps around every command.
+wraps around every command. A message about an argument names it with
+:func:`named_argument` (``dataset="x"`` in Python, ``--dataset x`` on the command line).
 """
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ def command_line_messages() -> Iterator[None]:
         _COMMAND_LINE.reset(token)
 
 
+def named_argument(name: str, value: str) -> str:
+    """How to pass ``value`` for ``name``: ``--name VALUE`` on the command line, ``name="VALUE"`` in Python."""
+    return f"--{name.replace('_', '-')} {shlex.quote(value)}" if _COMMAND_LINE.get() else f'{name}="{value}"'
+
+
 def weights_argument(value: str) -> str:
     """How to pass ``value`` as the weights: ``--weights VALUE`` or ``weights="VALUE"``."""
-    return f"--weights {shlex.quote(value)}" if _COMMAND_LINE.get() else f'weights="{value}"'
+    return named_argument("weights", value)

@@ -1,9 +1,10 @@
 """Notebook 09_training: a small ViT trained from scratch, here, and what it learned, checked.
 
-The model is a stock timm ``VisionTransformer`` (32x32 input, 4-pixel patches on an 8x8
-grid, D = 64, 4 heads), so every helper of the suite (``capture``, rollout, mean
-attention distance, ``pos_embed_similarity``, ``preprocess``) works on it unchanged; its
-``pretrained_cfg`` carries the data config (input size, mean/std, resize + crop).
+The model is :mod:`vit_inspect.small_vit`'s: a stock timm ``VisionTransformer`` (32x32
+input, 4-pixel patches on an 8x8 grid, D = 64, 4 heads), so every helper of the suite
+(``capture``, rollout, mean attention distance, ``pos_embed_similarity``, ``preprocess``)
+works on it unchanged. Its spec, builder and weights file live there and stay importable
+from here.
 
 Data: scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, no network
 needed) upscaled to 32x32, with a seeded stratified train/test split; a folder of class
@@ -35,122 +36,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention_maps import attention_rollout, rollout_to_grid
-from .errors import VitInspectError, WeightsError
+from .attention_maps import attention_rollout, mean_attention_distance, rollout_to_grid
+from .dataset_names import DATASETS, DIGITS, TORCHVISION_DATASETS
+from .errors import VitInspectError, named_argument
+from .images import data_config_of, data_dir, load_image, split_transform
 from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of, tokens_to_grid
 from .position_embeddings import neighbour_similarity_stats, pos_embed_similarity
 from .recorder import capture
+# The small ViT's spec, builder and weights file: used here, and re-exported so that
+# `from vit_inspect.training import build_vit` (and the rest) keeps working.
+from .small_vit import (DATA_CONFIG, SHIPPED_WEIGHTS, SPEC_KEY, TRAINED_HERE_KEY, ViTSpec, build_vit, load_trained,
+                        shipped_weights, spec_of, trained_here_path, training_metadata, untrained_like, write_trained)
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .weights import LoadedViT
-
-DIGITS = "digits"
-TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
-DATASETS = (DIGITS, *TORCHVISION_DATASETS)  # or a folder of class sub-folders
-SHIPPED_WEIGHTS = {DIGITS: "vit_digits.safetensors"}  # short name -> file in data/
 SHIPPED_ABLATIONS = {DIGITS: "ablations_digits.json"}  # the ablation table `make train` measured
-TRAINED_HERE_KEY = "vit_inspect_trained_here"  # safetensors header marker of save_trained
-SPEC_KEY = "vit_inspect_spec"  # the ViTSpec, kept in the model's pretrained_cfg
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
-# every model here sees pixels in [-1, 1]; 8x8 digits are enlarged with bilinear resampling
-DATA_CONFIG = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
-               "crop_pct": 1.0, "crop_mode": "center"}
-
-
-# ---------------------------------------------------------------- the model
-
-
-@dataclass(frozen=True)
-class ViTSpec:
-    """The architecture, as timm's VisionTransformer arguments plus two ablation switches.
-
-    ``class_token=False`` pools by the mean of the patch tokens; ``pos_embed`` is
-    "learn" (learned, timm's default), "sincos" (fixed 2-D sine-cosine) or "none".
-    """
-
-    img_size: int = 32
-    patch_size: int = 4
-    embed_dim: int = 64
-    depth: int = 4
-    num_heads: int = 4
-    mlp_ratio: float = 2.0
-    num_classes: int = 10
-    class_token: bool = True
-    pos_embed: str = "learn"
-
-    @property
-    def name(self) -> str:
-        pooling = "" if self.class_token else "_meanpool"
-        position = "" if self.pos_embed == "learn" else f"_pos{self.pos_embed}"
-        return (f"vit_d{self.embed_dim}_depth{self.depth}_heads{self.num_heads}_patch{self.patch_size}"
-                f"_{self.img_size}{pooling}{position}")
-
-
-def build_vit(spec: ViTSpec = ViTSpec(), seed: int = 0) -> nn.Module:
-    """A timm VisionTransformer for ``spec`` with seeded random weights, in eval mode.
-
-    Its ``pretrained_cfg`` holds the data config that ``preprocess`` reads; the
-    caller's random state is left untouched.
-    """
-    from timm.models.vision_transformer import VisionTransformer
-
-    if spec.pos_embed not in ("learn", "sincos", "none"):
-        raise VitInspectError(f"pos_embed must be 'learn', 'sincos' or 'none', got {spec.pos_embed!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = VisionTransformer(
-            img_size=spec.img_size, patch_size=spec.patch_size, embed_dim=spec.embed_dim, depth=spec.depth,
-            num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio, num_classes=spec.num_classes,
-            class_token=spec.class_token, global_pool="token" if spec.class_token else "avg",
-            pos_embed="none" if spec.pos_embed == "none" else "learn")
-    if spec.pos_embed == "sincos":
-        _fix_sincos(model)
-    model.pretrained_cfg = {**DATA_CONFIG, "input_size": (3, spec.img_size, spec.img_size),
-                            "num_classes": spec.num_classes, "architecture": spec.name, SPEC_KEY: asdict(spec)}
-    model.default_cfg = model.pretrained_cfg
-    return model.eval()
-
-
-def _fix_sincos(model: nn.Module) -> None:
-    """Fixed 2-D sine-cosine position embedding for the patches, zero for the prefix tokens."""
-    from timm.layers import build_sincos2d_pos_embed
-
-    gh, gw = grid_size_of(model)
-    prefix = num_prefix_tokens_of(model)
-    table = build_sincos2d_pos_embed([gh, gw], dim=model.embed_dim)  # (gh*gw, D)
-    with torch.no_grad():
-        model.pos_embed.zero_()
-        model.pos_embed[0, prefix:] = table
-    model.pos_embed.requires_grad_(False)
-
-
-def spec_of(model: nn.Module) -> ViTSpec:
-    """The ViTSpec a model from :func:`build_vit` (or a file of :func:`save_trained`) was built from."""
-    spec = (getattr(model, "pretrained_cfg", None) or {}).get(SPEC_KEY)
-    if spec is None:
-        raise VitInspectError(f"{type(model).__name__} was not built by vit_inspect.build_vit")
-    return ViTSpec(**spec)
-
-
-def untrained_like(model: nn.Module, seed: int = 0) -> nn.Module:
-    """The same architecture as ``model`` with seeded random (untrained) weights, eval mode.
-
-    Like ``create_untrained``: timm's constant initialisations (norms, biases, class token,
-    position embedding) are redrawn too, so no claim passes because a parameter is constant.
-    """
-    from .weights import randomise_constant_init
-
-    spec = spec_of(model)
-    untrained = build_vit(spec, seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        randomise_constant_init(untrained)
-    if spec.pos_embed == "sincos":  # fixed, not learned: the same table trained or not
-        _fix_sincos(untrained)
-    return untrained
 
 
 # ---------------------------------------------------------------- the data
@@ -189,8 +92,6 @@ def crop_transform(img_size: int) -> Callable[[Image.Image], Image.Image]:
     """PIL image -> the img_size x img_size crop, exactly the geometric part of ``preprocess``."""
     from timm.data import create_transform
 
-    from .images import split_transform
-
     eval_transform = create_transform(**DATA_CONFIG, input_size=(3, img_size, img_size), is_training=False)
     return split_transform(eval_transform)[0]
 
@@ -201,8 +102,6 @@ def default_dataset_root() -> Path:
 
 def _pixels(images, crop: Callable) -> torch.Tensor:
     """PIL images (any mode) -> (n, 3, S, S) uint8 crops."""
-    from .images import load_image
-
     arrays = [np.asarray(crop(load_image(image))) for image in images]  # n x (S, S, 3)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (n, 3, S, S)
 
@@ -214,7 +113,7 @@ def _stratified(name: str, pixels: torch.Tensor, labels: np.ndarray, class_names
         train, test = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION, stratify=labels,
                                        random_state=split_seed)
     except ValueError as err:  # a class with a single image, or too few images to hold any out
-        raise VitInspectError(f"--dataset {name}: cannot split into train and test: {err}") from None
+        raise VitInspectError(f"{named_argument('dataset', name)}: cannot split into train and test: {err}") from None
     labels = torch.as_tensor(labels, dtype=torch.int64)  # (n,)
     split = f"stratified {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%}, seed {split_seed}"
     return TrainingData(name, pixels[train], labels[train], pixels[test], labels[test], tuple(class_names),
@@ -234,16 +133,15 @@ def _digits(crop, split_seed: int) -> TrainingData:
 def _folder(folder: Path, crop, split_seed: int) -> TrainingData:
     from torchvision.datasets import ImageFolder
 
-    from .images import load_image
-
+    given = named_argument("dataset", str(folder))  # how the user named it, for the messages
     if not folder.is_dir():
-        raise VitInspectError(f"--dataset {folder}: not one of {', '.join(DATASETS)}, and no such folder")
+        raise VitInspectError(f"{given}: not one of {', '.join(DATASETS)}, and no such folder")
     try:
         found = ImageFolder(str(folder), loader=load_image)
     except (FileNotFoundError, RuntimeError) as err:
-        raise VitInspectError(f"--dataset {folder}: expected one sub-folder of images per class ({err})") from None
+        raise VitInspectError(f"{given}: expected one sub-folder of images per class ({err})") from None
     if len(found.classes) < 2:
-        raise VitInspectError(f"--dataset {folder}: found {len(found.classes)} class folder; need at least 2")
+        raise VitInspectError(f"{given}: found {len(found.classes)} class folder; need at least 2")
     pixels = _pixels((path for path, _ in found.samples), crop)  # (n, 3, S, S)
     return _stratified(str(folder), pixels, np.array(found.targets), found.classes, split_seed)
 
@@ -266,9 +164,9 @@ def _torchvision_split(dataset_class, name: str, root: Path, train: bool):
     except (OSError, RuntimeError) as err:  # no network: URLError is an OSError
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise VitInspectError(
-            f"--dataset {name}: torchvision's {dataset_class.__name__} is not in {root} and could not be "
-            f"downloaded ({reason}); it needs network once (e.g. on Colab), or use --dataset digits "
-            f"(offline) or a folder of class sub-folders") from None
+            f"{named_argument('dataset', name)}: torchvision's {dataset_class.__name__} is not in {root} and "
+            f"could not be downloaded ({reason}); it needs network once (e.g. on Colab), or use "
+            f"{named_argument('dataset', DIGITS)} (offline) or a folder of class sub-folders") from None
 
 
 def model_input(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
@@ -278,8 +176,6 @@ def model_input(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 
 def _normalise(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Float images (B, 3, S, S) in [0, 1] -> (B, 3, S, S) normalised with the model's mean and std."""
-    from .images import data_config_of
-
     config = data_config_of(model)
     mean = torch.tensor(config["mean"], dtype=images.dtype).view(1, 3, 1, 1)
     std = torch.tensor(config["std"], dtype=images.dtype).view(1, 3, 1, 1)
@@ -463,79 +359,12 @@ def save_trained(model: nn.Module, path: str | os.PathLike, data: TrainingData, 
     """Save ``model`` as safetensors (timm's key layout) with what it is in the header.
 
     Header: the architecture, the dataset and its split, the recipe, the epochs, the
-    test accuracy and the class names, so ``load_vit(weights=path)`` can rebuild it.
+    test accuracy and the class names, so ``load_vit(weights=path)`` can rebuild it
+    (the format: :func:`vit_inspect.small_vit.write_trained`).
     """
-    from safetensors.torch import save_file
-
-    from .weights import ordinary_permissions
-
-    from .weights import UNTRAINED_METADATA_KEY
-
-    path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {UNTRAINED_METADATA_KEY: "false", TRAINED_HERE_KEY: "1", "dataset": data.name,
-                "split": data.split, "split_seed": json.dumps(data.split_seed), "epochs": str(config.epochs),
-                "test_accuracy": f"{test_accuracy:.6f}", "num_train": str(len(data.train_labels)),
-                "num_test": str(len(data.test_labels)), "architecture": json.dumps(asdict(spec_of(model))),
-                "class_names": json.dumps(list(data.class_names)), "train_config": json.dumps(asdict(config))}
-    save_file(state, str(path), metadata=metadata)
-    return ordinary_permissions(Path(path))  # safetensors writes 0600: a lecturer shares this file
-
-
-def training_metadata(path: str | os.PathLike) -> dict | None:
-    """The header of a file from :func:`save_trained`, decoded; None for any other file."""
-    path = Path(path)
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as handle:
-            header = handle.metadata() or {}
-    except Exception:  # not readable as safetensors: the ordinary loader says why
-        return None
-    if header.get(TRAINED_HERE_KEY) != "1":
-        return None
-    decoded = {key: json.loads(header[key]) for key in ("architecture", "class_names", "train_config", "split_seed")}
-    numbers = {"epochs": int(header["epochs"]), "test_accuracy": float(header["test_accuracy"]),
-               "num_train": int(header["num_train"]), "num_test": int(header["num_test"])}
-    return {"dataset": header["dataset"], "split": header["split"], **numbers, **decoded}
-
-
-def shipped_weights(name: str = DIGITS) -> Path:
-    """Path of the weights trained here that ship in ``data/`` (``SHIPPED_WEIGHTS``)."""
-    from .images import data_dir
-
-    if name not in SHIPPED_WEIGHTS:
-        raise WeightsError(f"no shipped weights named {name!r}; there are: {', '.join(SHIPPED_WEIGHTS)}")
-    path = data_dir() / SHIPPED_WEIGHTS[name]
-    if not path.is_file():
-        raise WeightsError(f"the shipped weights {path} are missing; reinstall vit-inspect or run `make train`")
-    return path
-
-
-def trained_here_path(weights: object) -> Path | None:
-    """The file behind ``weights`` if it is a shipped name or a file from :func:`save_trained`, else None."""
-    if isinstance(weights, str) and weights in SHIPPED_WEIGHTS:
-        return shipped_weights(weights)
-    if isinstance(weights, (str, os.PathLike)) and training_metadata(weights) is not None:
-        return Path(weights)
-    return None
-
-
-def load_trained(path: str | os.PathLike, source: str = "local file") -> LoadedViT:
-    """A file from :func:`save_trained` -> LoadedViT: the architecture from its header, its weights loaded."""
-    from .weights import LoadedViT, Provenance, load_weights_file
-
-    path = Path(path)
-    info = training_metadata(path)
-    if info is None:
-        raise WeightsError(f"weights file {path} was not saved by `vit-inspect train` (no architecture in its header)")
-    model = build_vit(ViTSpec(**info["architecture"]))
-    trained = load_weights_file(model, path)
-    provenance = Provenance(model.pretrained_cfg["architecture"], source, trained, str(path), None,
-                            trained_on=info["dataset"])
-    return LoadedViT(model.eval(), provenance)
+    return write_trained(model, path, dataset=data.name, split=data.split, split_seed=data.split_seed,
+                         class_names=data.class_names, num_train=len(data.train_labels),
+                         num_test=len(data.test_labels), train_config=asdict(config), test_accuracy=test_accuracy)
 
 
 # ---------------------------------------------------------------- what the model learned
@@ -618,8 +447,6 @@ def ink_ratio(maps: torch.Tensor, ink: torch.Tensor, threshold: float = 0.25) ->
 
 def first_block_distance(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     """Mean attention distance in pixels of every head of the first block, over the images: (H,)."""
-    from .attention_maps import mean_attention_distance
-
     attention = capture(model, model_input(model, pixels), layers=[0])["attention"]  # (B, 1, H, N, N)
     distance = mean_attention_distance(attention, grid_size_of(model), num_prefix_tokens_of(model),
                                        patch_size_of(model))  # (B, 1, H)
@@ -791,8 +618,6 @@ def save_ablations(table: AblationTable, path: str | os.PathLike) -> Path:
 
 def load_ablations(path: str | os.PathLike | None = None) -> AblationTable:
     """The table from :func:`save_ablations`; by default the one shipped for the digits."""
-    from .images import data_dir
-
     path = Path(path) if path is not None else data_dir() / SHIPPED_ABLATIONS[DIGITS]
     try:
         record = json.loads(path.read_text())
