@@ -1,24 +1,24 @@
-"""load_vit through every route, on weight files made here in timm's layout."""
+"""load_vit through every route, on weight files made here in timm's layout.
+
+The hub's probe and proxies are tested in test_hub.py, untrained init in test_provenance.py,
+the small ViT's file in test_small_vit.py."""
 from __future__ import annotations
 
-import base64
 import os
 import pickle
 import shutil
 import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 
 from vit_inspect import WeightsError, create_untrained, download_weights, fused_attention, load_vit, save_weights
 from vit_inspect import model_info
 from vit_inspect import weights as weights_module
 from vit_inspect.recorder import fused_attention_flags
-from vit_inspect.weights import WEIGHTS_ENV, hub_reachable, hub_repo_id
+from vit_inspect.weights import WEIGHTS_ENV, hub_repo_id
 
 from .mutation import fails, passes
 
@@ -169,27 +169,6 @@ def test_pretrained_offline_fails_fast_with_instructions(monkeypatch):
     assert "HF_HUB_OFFLINE=1 is set, so the hub is not contacted" in str(error.value)
 
 
-def test_unresponsive_hub_is_given_up_after_timeout(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    def hanging_connect(*args, **kwargs):
-        time.sleep(3)
-        raise OSError("timed out")
-
-    monkeypatch.setattr(socket, "create_connection", hanging_connect)
-    start = time.perf_counter()
-    assert hub_reachable(timeout=0.5) is False
-    assert time.perf_counter() - start < 2.0
-
-
-def test_probe_sees_a_listening_endpoint(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
-        assert hub_reachable(timeout=2.0)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert not hub_reachable()
-
-
 def test_wrong_architecture_names_file_and_keys(trained_like):
     path, _ = trained_like
     with pytest.raises(WeightsError) as error:
@@ -276,113 +255,6 @@ def test_fused_attention_is_scoped_and_restored(tiny):
     tiny.blocks[1].attn.fused_attn = before["blocks.1.attn"]
 
 
-# ---------------------------------------------------------------- untrained weights that cannot hide a bug
-
-def constant_at_timm_init(name: str) -> bool:
-    """Parameters timm initialises to a constant: norm gamma/beta, linear biases, prefix tokens (~1e-6)."""
-    kind = name.rsplit(".", 1)[-1]
-    return name in ("cls_token", "reg_token", "dist_token") or (
-        kind in ("weight", "bias") and ("norm" in name or kind == "bias") and "patch_embed" not in name)
-
-
-@pytest.mark.parametrize("name, options", [
-    ("vit_tiny_patch16_224", {}),
-    ("vit_tiny_patch16_224", {"qk_norm": True, "init_values": 0.1, "reg_tokens": 2}),
-    ("deit_tiny_distilled_patch16_224", {}),
-])
-def test_untrained_weights_have_no_constant_parameter(name, options):
-    model = create_untrained(name, seed=0, **options)
-    for key, param in model.named_parameters():
-        assert float(param.detach().std()) > 0.01, f"{key} is (nearly) constant: a bug that misuses it would go unseen"
-    with torch.no_grad():
-        assert 0.2 < float(model.cls_token.std()) < 0.4, "the class token weighs like a patch token"
-        assert 0.05 < float(model.pos_embed.std()) < 0.15
-        gamma = model.blocks[0].norm1.weight
-        assert 0.5 <= float(gamma.min()) and float(gamma.max()) <= 1.5
-
-
-def test_timm_init_is_what_made_bugs_invisible():
-    """The reason for randomise_constant_init: on timm's own init, swapping norm1 and norm2 changes nothing."""
-    torch.manual_seed(0)
-    plain = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
-    assert all(bool((p == p.flatten()[0]).all()) for n, p in plain.named_parameters() if n.endswith("norm1.weight"))
-    before = logits(plain)
-    with torch.no_grad():
-        for block in plain.blocks:
-            block.norm1, block.norm2 = block.norm2, block.norm1
-    torch.testing.assert_close(logits(plain), before, rtol=0, atol=0)
-
-
-def test_untrained_weights_are_seeded_and_leave_the_callers_random_state_alone():
-    torch.manual_seed(11)
-    expected = torch.rand(3)
-    torch.manual_seed(11)
-    first, second = create_untrained(TAGGED_TINY, seed=2), create_untrained(TAGGED_TINY, seed=2)
-    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
-    torch.testing.assert_close(first.state_dict(), second.state_dict(), rtol=0, atol=0)
-    assert not torch.equal(first.cls_token, create_untrained(TAGGED_TINY, seed=3).cls_token)
-
-
-def relative_change(wrong: torch.Tensor, right: torch.Tensor) -> float:
-    return float((wrong - right).norm() / right.norm())
-
-
-def one_image_logits(model: torch.nn.Module) -> torch.Tensor:
-    with torch.inference_mode():
-        return model(PIXELS[:1])
-
-
-@pytest.fixture(scope="module")
-def copy_of_tiny(tiny):
-    import copy
-    return copy.deepcopy(tiny)
-
-
-def test_dropping_any_parameter_timm_sets_to_a_constant_changes_the_output(copy_of_tiny):
-    """Each norm gamma (-> 1), norm beta and linear bias (-> 0), the class token (-> 0): one at a time."""
-    model = copy_of_tiny
-    right = one_image_logits(model)
-    dropped = [name for name, _ in model.named_parameters() if constant_at_timm_init(name)]
-    assert len(dropped) == 12 * 8 + 4  # per block: norm1 w/b, qkv b, proj b, norm2 w/b, fc1 b, fc2 b
-    for name in dropped:
-        param = model.get_parameter(name)
-        saved = param.detach().clone()
-        with torch.no_grad():
-            param.fill_(1.0 if name.endswith("weight") else 0.0)  # only norms' weights are in the list
-        change = relative_change(one_image_logits(model), right)
-        with torch.no_grad():
-            param.copy_(saved)
-        assert change > 1e-3, f"dropping {name} changes the logits by only {change:.1e}"
-    torch.testing.assert_close(one_image_logits(model), right, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("misuse", ["norm2 for norm1", "norm1 for norm2", "position embedding shifted by one",
-                                    "position embedding dropped"])
-def test_using_a_parameter_in_the_wrong_place_changes_the_output(copy_of_tiny, misuse):
-    model = copy_of_tiny
-    right = one_image_logits(model)
-    saved = [(block.norm1, block.norm2) for block in model.blocks]
-    pos = model.pos_embed.detach().clone()
-    with torch.no_grad():
-        for block in model.blocks:
-            if misuse == "norm2 for norm1":
-                block.norm1 = block.norm2
-            elif misuse == "norm1 for norm2":
-                block.norm2 = block.norm1
-        if misuse == "position embedding shifted by one":
-            model.pos_embed.copy_(pos.roll(1, dims=1))
-        elif misuse == "position embedding dropped":
-            model.pos_embed.zero_()
-    try:
-        change = relative_change(one_image_logits(model), right)
-    finally:
-        with torch.no_grad():
-            for block, (norm1, norm2) in zip(model.blocks, saved):
-                block.norm1, block.norm2 = norm1, norm2
-            model.pos_embed.copy_(pos)
-    assert change > 1e-3, f"{misuse}: logits change by only {change:.1e}"
-
-
 # ---------------------------------------------------------------- the pinned tag
 
 def check_pinned_tag():
@@ -404,140 +276,6 @@ def test_mutation_wrong_tag_is_caught(monkeypatch, target, name, bug):
     passes(check_pinned_tag)
     monkeypatch.setattr(target, name, bug)
     fails(check_pinned_tag)
-
-
-# ---------------------------------------------------------------- proxies
-
-PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUEST_METHOD")
-
-
-@pytest.fixture
-def clean_network_env(monkeypatch):
-    """No proxy variables from the developer's shell, the hub not declared offline."""
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    return monkeypatch
-
-
-class LocalListener:
-    """A server on 127.0.0.1 that records each request head and answers ``status_line``
-    (None: it accepts and stays silent). Serves at most 20 connections, stops on exit."""
-
-    def __init__(self, status_line: str | None = "HTTP/1.1 200 Connection established"):
-        self.status_line = status_line
-        self.requests: list[str] = []
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.2)
-        self.port = self.server.getsockname()[1]
-        self.closed = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> "LocalListener":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.closed.set()
-        self.thread.join(5)
-        self.server.close()
-
-    def _serve(self) -> None:
-        for _ in range(20):
-            while not self.closed.is_set():
-                try:
-                    conn, _ = self.server.accept()
-                    break
-                except socket.timeout:
-                    continue
-            else:
-                return
-            with conn:
-                conn.settimeout(5)
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    chunk = conn.recv(1024)
-                    if not chunk:
-                        break
-                    head += chunk
-                self.requests.append(head.decode("latin-1"))
-                if self.status_line is None:
-                    self.closed.wait(5)
-                else:
-                    conn.sendall(f"{self.status_line}\r\n\r\n".encode())
-
-
-def test_probe_goes_through_the_https_proxy(clean_network_env):
-    with LocalListener() as proxy:
-        clean_network_env.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
-        assert hub_reachable(timeout=3.0), "a proxy that opens the tunnel means the hub is reachable"
-    assert len(proxy.requests) == 1
-    assert proxy.requests[0].startswith("CONNECT huggingface.co:443 HTTP/1.1\r\n")
-
-
-def test_lower_case_proxy_variable_and_credentials(clean_network_env):
-    with LocalListener() as proxy:
-        clean_network_env.setenv("https_proxy", f"http://student:s3cr%40t@127.0.0.1:{proxy.port}")
-        assert hub_reachable(timeout=3.0)
-    auth = [line for line in proxy.requests[0].split("\r\n") if line.startswith("Proxy-Authorization:")]
-    assert auth == ["Proxy-Authorization: Basic " + base64.b64encode(b"student:s3cr@t").decode()]
-
-
-@pytest.mark.parametrize("status_line", ["HTTP/1.1 502 Bad Gateway", "HTTP/1.1 407 Proxy Authentication Required",
-                                         "garbage", None])
-def test_proxy_that_cannot_reach_the_hub_means_offline_within_the_timeout(clean_network_env, status_line):
-    with LocalListener(status_line) as proxy:
-        clean_network_env.setenv("HTTPS_PROXY", f"127.0.0.1:{proxy.port}")  # no scheme: http:// assumed
-        start = time.perf_counter()
-        assert not hub_reachable(timeout=1.0)
-        assert time.perf_counter() - start < 2.0
-    assert proxy.requests and proxy.requests[0].startswith("CONNECT huggingface.co:443")
-
-
-def test_http_endpoint_through_http_proxy_and_no_proxy_bypass(clean_network_env):
-    with LocalListener("HTTP/1.1 404 Not Found") as proxy, LocalListener("HTTP/1.1 200 OK") as hub:
-        clean_network_env.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.port}")
-        clean_network_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
-        assert hub_reachable(timeout=3.0), "any answer of the hub itself through the proxy means reachable"
-        assert proxy.requests[0].startswith(f"HEAD http://127.0.0.1:{hub.port}/ HTTP/1.1")
-        clean_network_env.setenv("NO_PROXY", "localhost,127.0.0.1")
-        assert hub_reachable(timeout=3.0)
-        time.sleep(0.3)  # let the listener record the direct connection
-    assert len(proxy.requests) == 1, "NO_PROXY lists the hub's host: the probe must go direct"
-    assert len(hub.requests) == 1
-
-
-def test_offline_variable_wins_over_a_proxy_and_is_named(clean_network_env):
-    with LocalListener() as proxy:
-        clean_network_env.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
-        clean_network_env.setenv("HF_HUB_OFFLINE", "1")
-        assert not hub_reachable()
-        with pytest.raises(WeightsError, match="HF_HUB_OFFLINE=1 is set"):
-            load_vit(TAGGED_TINY, weights="pretrained")
-    assert proxy.requests == []
-
-
-def test_unreachable_reason_names_the_proxy_without_its_password(clean_network_env):
-    with LocalListener("HTTP/1.1 502 Bad Gateway") as proxy:
-        clean_network_env.setenv("HTTPS_PROXY", f"http://student:s3cret@127.0.0.1:{proxy.port}")
-        with pytest.raises(WeightsError) as error:
-            load_vit(TAGGED_TINY, weights="pretrained")
-    message = str(error.value)
-    assert f"through the proxy http://127.0.0.1:{proxy.port}" in message and "s3cret" not in message
-
-
-def test_auto_downloads_through_a_proxy_instead_of_falling_back(trained_like, clean_network_env, capsys):
-    """The hub client is simulated; what matters is that the probe said 'reachable' via the proxy."""
-    path, expected = trained_like
-    clean_network_env.setattr("huggingface_hub.hf_hub_download", lambda repo_id, filename, local_dir=None: str(path))
-    with LocalListener() as proxy:
-        clean_network_env.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
-        model, provenance = load_vit(TAGGED_TINY, weights="auto")
-    assert provenance.source == "hub download" and provenance.trained
-    torch.testing.assert_close(logits(model), expected)
-    assert "UNTRAINED" not in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- VIT_INSPECT_WEIGHTS
