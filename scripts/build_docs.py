@@ -153,7 +153,7 @@ def dump_dom(page: Path, chromium: str, timeout: float) -> str:
     return done.stdout
 
 
-def site_reports(site: Path, chromium: str | None = None, timeout: float = 120.0) -> dict[Path, dict]:
+def site_reports(site: Path, chromium: str | None = None, timeout: float = 300.0) -> dict[Path, dict]:
     """Every page of the built site (404.html aside) as Chromium sees it, in one browser run, by its path.
 
     A harness page in a copy of the site loads each page in turn into an iframe and reads, once
@@ -163,6 +163,8 @@ def site_reports(site: Path, chromium: str | None = None, timeout: float = 120.0
     chromium = chromium or find_chromium()
     if chromium is None:
         raise VitInspectError("chromium not found on PATH (Debian: apt-get install chromium)")
+    if not (site / "index.html").is_file():
+        raise VitInspectError(f"{site}: no index.html, so no built site to check")
     with tempfile.TemporaryDirectory(prefix="vit-inspect-site-") as tmp:
         copy = Path(tmp) / "site"
         shutil.copytree(site, copy)

@@ -201,10 +201,10 @@ def test_the_site_check_sees_a_broken_link_anchor_image_and_a_remote_script(tmp_
     """A planted site: each kind of fault is reported, and a sound page is not."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "good.html").write_text('<html><body><h1 id="top">ok</h1><a href="bad.html">x</a><a href="#top">t</a>'
-                                    '</body></html>')
+    (site / "index.html").write_text('<html><body><h1 id="top">ok</h1><a href="bad.html">x</a><a href="#top">t</a>'
+                                     '</body></html>')
     (site / "bad.html").write_text('<html><head><script src="https://cdn.example.org/x.js"></script></head><body>'
-                                   '<a href="missing.html">a</a><a href="good.html#nowhere">b</a>'
+                                   '<a href="missing.html">a</a><a href="index.html#nowhere">b</a>'
                                    '<img src="missing.png"></body></html>')
     problems = build_docs.site_problems(build_docs.site_reports(site, chromium), site)
     assert [p.split(":", 1)[0] for p in problems] == ["bad.html"] * 4, problems
