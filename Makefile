@@ -11,7 +11,7 @@ HOMEWORK_DIR ?= homework
 # make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU-only build.
 TORCH_INDEX ?=
 
-.PHONY: demo test bench notebooks train slides html homework clean
+.PHONY: demo test bench notebooks train slides html homework docs clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@echo "Setting up $(VENV) once: torch, timm, Jupyter and the rest. This takes several minutes and prints little;"
@@ -63,6 +63,13 @@ html: $(STAMP)
 ## make homework: the student versions of the notebooks, in $(HOMEWORK_DIR)/ (FORCE=1 overwrites)
 homework: $(STAMP)
 	$(PY) scripts/make_homework.py --out $(HOMEWORK_DIR) $(if $(filter 1,$(FORCE)),--force) notebooks/*.ipynb
+
+## make docs: the documentation site in $(DOCS_OUT)/ (MkDocs), offline, from the notebooks executed first
+## (in memory: notebooks/ is not changed); FORCE=1 writes into a folder no build made
+DOCS_OUT ?= build/site
+
+docs: $(STAMP)
+	$(PY) scripts/build_docs.py --execute --out $(DOCS_OUT) $(EXPORT_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info

@@ -1,7 +1,7 @@
 """Give notebooks an "Open in Colab" badge and a first cell that installs vit-inspect on Colab.
 
 The repository address lives in ONE place, ``[project.urls] Repository`` in pyproject.toml;
-this script writes it into the notebooks (and the README's Colab links), so changing the
+this script writes it into the notebooks (and the Colab links of the README and the docs pages), so changing the
 address (a fork, a course's copy) is: edit pyproject.toml, run this script.
 
 - The badge goes into the first markdown cell, right under the title.
@@ -13,8 +13,11 @@ address (a fork, a course's copy) is: edit pyproject.toml, run this script.
   vit-inspect is installed it does nothing and prints nothing.
 
     python scripts/colab_setup.py notebooks/*.ipynb                  # write badges and setup cells
-    python scripts/colab_setup.py --readme README.md notebooks/*.ipynb
+    python scripts/colab_setup.py --readme README.md --readme docs/install.md notebooks/*.ipynb
     python scripts/colab_setup.py --check --readme README.md notebooks/*.ipynb   # exit 1 if out of date
+
+``--readme`` may be given once per page: the README and every page of ``docs/`` that has Colab
+links, ``git+`` installs or ``git clone`` lines.
 """
 from __future__ import annotations
 
@@ -241,7 +244,8 @@ def with_readme_links(text: str, repository: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Colab badges and setup cells from pyproject's repository address.")
     parser.add_argument("notebooks", nargs="*", type=Path)
-    parser.add_argument("--readme", type=Path, help="also rewrite this README's Colab links")
+    parser.add_argument("--readme", type=Path, action="append", default=[],
+                        help="also rewrite this page's Colab links (README.md, docs/*.md; may be repeated)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if anything is out of date")
     args = parser.parse_args(argv)
     repository, stale = repository_url(), []
@@ -252,12 +256,12 @@ def main(argv: list[str] | None = None) -> int:
             stale.append(str(path))
             if not args.check:
                 nbformat.write(updated, path)
-    if args.readme:
-        text = args.readme.read_text()
+    for page in args.readme:
+        text = page.read_text()
         if with_readme_links(text, repository) != text:
-            stale.append(str(args.readme))
+            stale.append(str(page))
             if not args.check:
-                args.readme.write_text(with_readme_links(text, repository))
+                page.write_text(with_readme_links(text, repository))
     verb = "out of date" if args.check else "updated"
     print(f"{verb}: {', '.join(stale)}" if stale else f"all up to date with {repository}")
     return 1 if args.check and stale else 0

@@ -352,14 +352,14 @@ def test_student_version_of_a_real_notebook(path):
     assert student.cells[1].metadata.get("tags") == ["colab-setup"], "the student version keeps the Colab cell"
 
 
-def test_readme_lists_the_tasks_of_every_notebook():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Tasks per notebook", 1)[1].split("\n#", 1)[0]
+def test_docs_list_the_tasks_of_every_notebook():
+    page = (ROOT / "docs" / "homework.md").read_text()
+    section = page.split("## Tasks per notebook", 1)[1].split("\n#", 1)[0]
     listed = {match.group(1): re.findall(r"`(\w+)`", match.group(2))
               for match in re.finditer(r"^\| `(\d\d_\w+)` \| ([^|]*) \|", section, flags=re.MULTILINE)}
     found = {path.stem: [task_of(cell)["task"] for cell in nbformat.read(path, as_version=4).cells if task_of(cell)]
              for path in WALKTHROUGHS}
-    assert listed == found, "the README's tasks per notebook are the notebooks' task cells, in order"
+    assert listed == found, "docs/homework.md: the tasks per notebook are the notebooks' task cells, in order"
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,7 @@ def test_first_block_looks_at_the_ink_but_has_no_local_head(models, held_out):
     """The paper's local first-layer heads need far more data; this model's first block attends to the ink."""
     assert_learned(check(first_block_looks_at_the_ink, models, held_out[0]))
     local, ratios = local_first_block_heads(models["trained"], held_out[0])
-    assert not local, f"a first-block head is now clearly local ({ratios}): update notebook 09 and the README"
+    assert not local, f"a first-block head is now clearly local ({ratios}): update notebook 09 and docs/weights.md"
 
 
 def test_rollout_puts_more_mass_on_the_ink_than_on_the_background(models, held_out):

@@ -164,12 +164,16 @@ def test_notebook_10_keeps_colabs_widget_manager_after_the_setup_cell():
     assert SETUP_TAG in cells[1].metadata.get("tags", []) and "enable_custom_widget_manager()" in cells[2].source
 
 
-def test_readme_colab_links_follow_pyproject():
-    readme = (ROOT / "README.md").read_text()
+def test_readme_and_docs_colab_links_follow_pyproject():
+    """The README's Colab links, the docs' Colab install line, and every address in README.md and docs/*.md."""
     repository = colab_setup.repository_url()
-    assert colab_setup.colab_url(repository, "notebooks/") in readme and f"git+{repository}" in readme
-    assert colab_setup.with_readme_links(readme, repository) == readme, \
-        "run python scripts/colab_setup.py --readme README.md"
+    readme, install = (ROOT / "README.md").read_text(), (ROOT / "docs" / "install.md").read_text()
+    assert colab_setup.colab_url(repository, "notebooks/01_patches.ipynb") in readme, "the README opens 01 in Colab"
+    assert f"git+{repository}" in install, "docs/install.md: the %pip line for a Colab notebook of one's own"
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        assert colab_setup.with_readme_links(text, repository) == text, \
+            f"run python scripts/colab_setup.py --readme {page.relative_to(ROOT)}"
 
 
 def test_colab_setup_puts_badge_under_the_title_and_the_cell_before_the_imports():

@@ -69,7 +69,7 @@ def test_every_figure_comes_from_plotting():
 
 
 def test_tests_are_named_after_modules():
-    modules = set(package_modules()) | {"package", "notebooks", "data", "learned_claims"}
+    modules = set(package_modules()) | {"package", "notebooks", "data", "learned_claims", "docs"}
     for path in (ROOT / "tests").glob("test_*.py"):
         assert path.stem.removeprefix("test_") in modules, f"{path.name} names no module of vit_inspect"
 

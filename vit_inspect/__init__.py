@@ -2,7 +2,7 @@
 
 Every function a notebook or a student calls is importable from here
 (``from vit_inspect import load_vit, capture``); figures come from one place,
-``vit_inspect.plotting``. The module map is in the README.
+``vit_inspect.plotting``. The module map is in docs/modules.md.
 
 Names load on first use (PEP 562), so ``vit-inspect --help`` answers without waiting
 for torch and timm.
