@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention_maps import attention_rollout, rollout_to_grid
+from .attention_maps import attention_rollout, bright_ratio, rollout_to_grid
 from .errors import VitInspectError, WeightsError
 from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of, tokens_to_grid
 from .position_embeddings import neighbour_similarity_stats, pos_embed_similarity
@@ -628,10 +628,7 @@ def ink_ratio(maps: torch.Tensor, ink: torch.Tensor, threshold: float = 0.25) ->
     without ink or without background give NaN. Leading dimensions of ``maps`` (e.g.
     randomisation steps) share the same ink.
     """
-    on_ink = ink > threshold  # (B, gh, gw)
-    ink_mean = (maps * on_ink).flatten(-2).sum(-1) / on_ink.flatten(-2).sum(-1)  # (..., B)
-    background_mean = (maps * ~on_ink).flatten(-2).sum(-1) / (~on_ink).flatten(-2).sum(-1)  # (..., B)
-    return ink_mean / background_mean
+    return bright_ratio(maps, ink, threshold)  # the measure notebook 06 prints for photos too
 
 
 def first_block_distance(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
