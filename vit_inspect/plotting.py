@@ -377,23 +377,32 @@ def plot_attention_distance(distance: torch.Tensor | np.ndarray, reference: floa
                             ax: Axes | None = None, title: str = "mean attention distance") -> Figure:
     """(L, H) distances in pixels as the paper plots them: one dot per head, x = block (from 0).
 
-    ``reference`` (e.g. the distance of uniform attention) is drawn as a dashed line.
+    ``reference`` (e.g. the distance of uniform attention) is drawn as a dashed line. The
+    heads of a block sit side by side around its tick, so equal distances hide no dot.
     """
-    ax = axes_or_new(ax)
+    if ax is None:
+        ax = new_axes(size=4.0)[1][0, 0]
+        ax.figure.set_size_inches(6.0, 4.0)  # room for the legend beside the axes
     values = _numpy(distance)
     L, H = values.shape
     colours = _head_colours(H)
-    for head in range(H):
-        ax.scatter(np.arange(L), values[:, head], s=14, color=colours[head], label=f"head {head}")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # blocks are whole numbers
+    for head in range(H):  # each head a little to the side of its block, so equal distances hide no dot
+        ax.scatter(np.arange(L) + _dodge(head, H), values[:, head], s=18, color=colours[head],
+                   edgecolors="white", linewidths=0.4, label=f"head {head}")
+    ax.set_xticks(np.arange(L))  # blocks are whole numbers, 0-based
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="uniform attention")
     ax.set_xlabel("network depth (block, from 0)")
     ax.set_ylabel("mean attention distance (pixels)")
     ax.set_ylim(0, 1.1 * max(float(values.max()), reference or 0.0))
     label_panel(ax, title, trained)
-    ax.legend(fontsize="xx-small", ncols=2, loc="lower right")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no dot
     return ax.figure
+
+
+def _dodge(head: int, heads: int, width: float = 0.6) -> float:
+    """Horizontal offset of one head's dots from its block, spreading the heads evenly over ``width``."""
+    return (head - (heads - 1) / 2) * width / heads
 
 
 def _head_colours(count: int) -> list[tuple]:
@@ -461,6 +470,30 @@ def plot_predictions(pixels: torch.Tensor, labels: torch.Tensor, predictions: to
     return fig
 
 
+def plot_rollout_digits(pixels: torch.Tensor, maps: torch.Tensor, titles: Sequence[str], *, trained: bool,
+                        uniform: float | None = None, ncols: int = 4, title: str = "") -> Figure:
+    """Rollout maps (n, gh, gw) over their uint8 digits (n, 3, S, S), compared: one colour scale for all panels.
+
+    The scale runs from 0 to the largest value of any map, with one colour bar for the
+    figure on which ``uniform`` (1/N) is marked; each panel's title keeps its own max.
+    """
+    count = pixels.shape[0]
+    fig, axes = _axes_grid(count, None, ncols, size=2.4)
+    vmax = float(_numpy(maps).max())
+    for index, ax in zip(range(count), axes):
+        heat = _numpy(maps[index])
+        plot_heatmap_overlay(_picture(pixels[index]), heat, trained=trained, vmax=vmax, colorbar=False,
+                             alpha=0.5, ax=ax, title=f"{titles[index]}\nmax {float(heat.max()):.3f}")
+    add_colorbar(fig, axes[0].get_images()[-1], axes[:count], "rollout weight", uniform)
+    label_figure(fig, title or "attention rollout of the class token", trained)
+    return fig
+
+
+def _picture(pixels: torch.Tensor) -> Image.Image:
+    """uint8 crop (3, S, S) -> the RGB picture, for drawing only."""
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB")  # (S, S, 3)
+
+
 def plot_training_curves(history: dict[str, torch.Tensor], axes: Sequence[Axes] | None = None,
                          title: str = "") -> Figure:
     """Loss and accuracy per epoch, train and test, from ``train_vit``'s history: two panels.
@@ -476,8 +509,9 @@ def plot_training_curves(history: dict[str, torch.Tensor], axes: Sequence[Axes] 
         ax.set_ylabel(metric)
         ax.legend()
     axes[1].set_ylim(0, 1.02)
-    axes[1].set_title(f"test accuracy after the last epoch: {float(history['test_accuracy'][-1]):.1%}")
-    axes[0].set_title("cross-entropy (train: with label smoothing)")
+    axes[1].set_title(f"accuracy\n(test, after the last epoch: {float(history['test_accuracy'][-1]):.1%})",
+                      fontsize="medium")  # two short lines: side by side, long titles ran into each other
+    axes[0].set_title("cross-entropy\n(train: with label smoothing)", fontsize="medium")
     fig.suptitle(title or "training curves")
     return fig
 
