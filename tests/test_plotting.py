@@ -353,7 +353,8 @@ def test_training_curve_titles_do_not_run_into_each_other():
     fig = drawn(plotting.plot_training_curves(history, title="a long title for the small ViT on digits"))
     left, right = (ax.title.get_window_extent() for ax in fig.axes[:2])
     assert not overlap(left, right), "the two panel titles overlap"
-    assert not overlap(left, fig._suptitle.get_window_extent()) and not overlap(right, fig._suptitle.get_window_extent())
+    suptitle = fig._suptitle.get_window_extent()
+    assert not overlap(left, suptitle) and not overlap(right, suptitle), "the panel titles clear the figure's title"
     width = fig.bbox.width
     assert 0 <= left.x0 and right.x1 <= width, "titles stay inside the figure"
     assert "97.5%" in fig.axes[1].get_title()

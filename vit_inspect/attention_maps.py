@@ -142,7 +142,7 @@ def map_vs_brightness(maps: torch.Tensor, brightness: torch.Tensor,
 
 
 def spatial_null_correlations(maps: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Pearson's r of each map with ``other`` maps that keep their spatial structure but not the pairing: (B, 3 + B - 1).
+    """r of each map with ``other`` maps that keep their spatial structure, not the pairing: (B, 3 + B - 1).
 
     Neighbouring patches are alike in both maps, so r between UNRELATED smooth maps
     spreads far wider than the +-1/sqrt(cells) that independent cells would give. Column
