@@ -133,7 +133,7 @@ def test_untrained_title_is_added_once():
     assert untrained_title("x", trained=True) == "x"
 
 
-def test_mistakes_get_a_colour_bar_each_and_negative_values_a_scale_centred_on_zero(crop):
+def test_mistakes_share_one_scale_for_weights_and_negative_values_a_scale_centred_on_zero(crop):
     maps = {"correct": torch.rand(4, 4) * 0.02, "no_softmax": torch.randn(4, 4),
             "divide_after_softmax": torch.rand(4, 4) * 0.02 / 27.7}
     fig = plot_attention_mistakes(crop, maps, {"no_softmax": 0.5}, trained=True)
@@ -143,8 +143,12 @@ def test_mistakes_get_a_colour_bar_each_and_negative_values_a_scale_centred_on_z
     assert titles[0].startswith("correct") and "50.0%" in titles[1]
     low, high = drawn[1].get_images()[1].get_clim()
     assert low < 0 and low == -high == -float(maps["no_softmax"].abs().max())
-    assert drawn[0].get_images()[1].get_clim() == pytest.approx((0.0, float(maps["correct"].max())))
-    assert drawn[2].get_images()[1].get_clim()[1] < 0.001  # its own, 28x smaller scale
+    weights_max = max(float(maps["correct"].max()), float(maps["divide_after_softmax"].max()))
+    assert drawn[0].get_images()[1].get_clim() == pytest.approx((0.0, weights_max))
+    assert drawn[2].get_images()[1].get_clim() == pytest.approx((0.0, weights_max)), \
+        "maps of weights are compared on one scale: the 28x flatter softmax looks flatter"
+    own = panels(plot_attention_mistakes(crop, maps, trained=True, shared=False))
+    assert own[2].get_images()[1].get_clim()[1] < 0.001  # on request, its own 28x smaller scale
 
 
 def test_rollout_starts_at_zero_with_a_shared_scale_and_uniform_on_the_bar(crop):

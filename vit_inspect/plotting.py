@@ -260,19 +260,23 @@ def plot_query_attention(crop: Image.Image, maps: torch.Tensor, query_cell: tupl
 
 def plot_attention_mistakes(crop: Image.Image, maps: dict[str, torch.Tensor], errors: dict[str, float] | None = None,
                             query_cell: tuple[int, int] | None = None, *, trained: bool,
-                            axes: Sequence[Axes] | None = None, title: str = "") -> Figure:
+                            axes: Sequence[Axes] | None = None, title: str = "", shared: bool = True) -> Figure:
     """Side by side: the correct map and each mistake's map ({name: (gh, gw)}) for one head/query.
 
-    Each panel has its own colour bar, so the scale of each mistake shows: from 0 to the
-    max, or centred on 0 (blue negative, red positive) when a map has negative values.
+    Maps of weights (no negative value) are compared on one scale from 0 to the largest of
+    them (``shared=False``: each from 0 to its own max), so a flatter softmax looks flatter;
+    a map with negative values (no softmax at all) gets a scale centred on 0 (blue
+    negative, red positive). Every panel keeps a colour bar and its max in its title.
     ``errors`` ({name: relative error of the block output}) goes into the panel titles.
     """
     fig, axes = _axes_grid(len(maps), axes, ncols=min(len(maps), 4), size=3.2)
     gh = next(iter(maps.values())).shape[0]
+    weights_max = max((float(_numpy(h).max()) for h in maps.values() if float(_numpy(h).min()) >= 0), default=None)
     for (name, heat), ax in zip(maps.items(), axes):
         heat = _numpy(heat).astype(np.float64)
         low, high = float(heat.min()), float(heat.max())
-        limits = {"vmin": -max(abs(low), high), "vmax": max(abs(low), high), "cmap": "RdBu_r"} if low < 0 else {}
+        limits = ({"vmin": -max(abs(low), high), "vmax": max(abs(low), high), "cmap": "RdBu_r"} if low < 0
+                  else {"vmax": weights_max} if shared else {})
         extremes = f"min {low:.3g}, max {high:.3g}" if low < 0 else f"max {high:.3g}"
         error = f"\nout off by {errors[name]:.1%}" if errors and name in errors else ""
         plot_heatmap_overlay(crop, heat, trained=trained, ax=ax, label="weight", title=f"{name}\n{extremes}{error}",
