@@ -374,3 +374,10 @@ def test_attention_distance_has_whole_block_ticks_and_hides_no_dot():
         "each dot beside its own block"
     legend = ax.get_legend().get_window_extent()
     assert not overlap(legend, ax.get_window_extent()), "the legend sits beside the axes, over no dot"
+
+
+def test_top_k_names_stay_readable_over_the_untrained_watermark():
+    ax = plot_top_k(top_k(torch.randn(1, 10), k=3), trained=False).axes[0]
+    names = [t for t in ax.texts if t.get_text() != "UNTRAINED"]
+    mark = next(t for t in ax.texts if t.get_text() == "UNTRAINED")
+    assert len(names) == 3 and all(t.get_zorder() > mark.get_zorder() for t in names), "names drawn above the mark"

@@ -340,7 +340,8 @@ def plot_top_k(topk: TopK, image: int = 0, *, trained: bool, ax: Axes | None = N
     tops = np.concatenate([[0.0], np.cumsum(lines + 0.5)[:-1]])  # a row: its lines, then half a line apart
     ax.barh(tops + lines / 2, [r["probability"] for r in rows], height=lines + 0.2, color="tab:blue", alpha=0.3)
     for top, text in zip(tops, texts):
-        ax.text(0.01, top + 0.05, text, va="top", ha="left", linespacing=1.0)
+        ax.text(0.01, top + 0.05, text, va="top", ha="left", linespacing=1.0, zorder=11,  # above the watermark
+                path_effects=[patheffects.withStroke(linewidth=3, foreground="white")])
     ax.set_ylim(tops[-1] + lines[-1] + 0.25, -0.25)
     ax.set_xlim(0, 1)
     ax.set_yticks([])
