@@ -385,7 +385,8 @@ def plot_attention_distance(distance: torch.Tensor | np.ndarray, reference: floa
     ``reference`` (e.g. the distance of uniform attention) is drawn as a dashed line. The
     heads of a block sit side by side around its tick, so equal distances hide no dot.
     """
-    if ax is None:
+    own_figure = ax is None
+    if own_figure:
         ax = new_axes(size=4.0)[1][0, 0]
         ax.figure.set_size_inches(6.0, 4.0)  # room for the legend beside the axes
     values = _numpy(distance)
@@ -394,14 +395,18 @@ def plot_attention_distance(distance: torch.Tensor | np.ndarray, reference: floa
     for head in range(H):  # each head a little to the side of its block, so equal distances hide no dot
         ax.scatter(np.arange(L) + _dodge(head, H), values[:, head], s=18, color=colours[head],
                    edgecolors="white", linewidths=0.4, label=f"head {head}")
-    ax.set_xticks(np.arange(L))  # blocks are whole numbers, 0-based
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=L if own_figure else "auto", integer=True))  # whole blocks
+    ax.set_xlim(-0.5, L - 0.5)
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="uniform attention")
     ax.set_xlabel("network depth (block, from 0)")
     ax.set_ylabel("mean attention distance (pixels)")
     ax.set_ylim(0, 1.1 * max(float(values.max()), reference or 0.0))
     label_panel(ax, title, trained)
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: covers no dot
+    if own_figure:  # beside the axes: it covers no dot
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:  # a panel of a composed figure keeps its width
+        ax.legend(fontsize="xx-small", ncols=2, loc="lower right")
     return ax.figure
 
 
