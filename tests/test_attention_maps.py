@@ -13,9 +13,9 @@ import torch
 
 from vit_inspect import (HEAD_FUSIONS, StreamedDistance, StreamedRollout, VitInspectError, analyse_attention,
                          attention_rollout, average_attention_distance, capture, create_untrained, fuse_heads,
-                         grid_argmax, grid_size_of, image_batches, map_correlation, mean_attention_distance,
-                         num_prefix_tokens_of, patch_brightness, patch_centres, patch_size_of, rollout_to_grid,
-                         sample_images, uniform_attention_distance)
+                         bright_ratio, grid_argmax, grid_size_of, image_batches, ink_ratio, map_correlation, map_vs_brightness,
+                         mean_attention_distance, num_prefix_tokens_of, patch_brightness, patch_centres, patch_size_of,
+                         rollout_to_grid, sample_images, spatial_null_correlations, uniform_attention_distance)
 from vit_inspect import attention_maps
 from vit_inspect.attention_maps import discard_lowest, reusable
 from vit_inspect.recorder import fused_attention_flags
@@ -219,6 +219,65 @@ def test_map_correlation_is_pearsons_r_per_image():
     torch.testing.assert_close(map_correlation(maps, other), expected)
     torch.testing.assert_close(map_correlation(maps, 3 * maps + 1), torch.ones(3))
     torch.testing.assert_close(map_correlation(maps, -maps), -torch.ones(3))
+
+
+def test_map_correlation_keeps_leading_dimensions():
+    maps = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(3))  # (steps, B, gh, gw)
+    other = torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(4))
+    r = map_correlation(maps, other)
+    assert r.shape == (2, 3)
+    torch.testing.assert_close(r[1], map_correlation(maps[1], other))
+
+
+def test_map_vs_brightness_gives_r_and_the_bright_ratio_on_a_hand_example():
+    brightness = torch.zeros(1, 2, 3)
+    brightness[0, 0, :2] = 0.8  # two bright patches, four dark
+    heat = torch.ones(1, 2, 3) + 2 * (brightness > 0.25)  # 3 on the bright patches, 1 on the dark ones
+    agreement = map_vs_brightness(heat, brightness)
+    torch.testing.assert_close(agreement["bright_ratio"], torch.tensor([3.0]))
+    torch.testing.assert_close(agreement["r"], torch.tensor([1.0]))
+    faint = 1 + 1e-3 * (heat - 1)  # the same pattern, hardly any mass moved: r unchanged, ratio near 1
+    torch.testing.assert_close(map_vs_brightness(faint, brightness)["r"], torch.tensor([1.0]))
+    assert abs(float(map_vs_brightness(faint, brightness)["bright_ratio"]) - 1) < 0.01
+
+
+def test_notebook_09s_ink_ratio_is_the_bright_ratio_of_06():
+    maps = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(5))  # (L + 1, B, gh, gw)
+    ink = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(ink_ratio(maps, ink), bright_ratio(maps, ink))
+    torch.testing.assert_close(map_vs_brightness(maps, ink)["bright_ratio"], ink_ratio(maps, ink))
+
+
+def smooth_maps(count: int, seed: int) -> torch.Tensor:
+    """(count, 14, 14) random maps whose neighbouring cells are alike, like brightness or a rollout map."""
+    noise = torch.randn(count, 1, 18, 18, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.avg_pool2d(noise, 5, stride=1).squeeze(1)  # (count, 14, 14)
+
+
+def check_null_pairs_unrelated_maps(null_correlations) -> None:
+    maps = smooth_maps(4, seed=7)
+    null = null_correlations(maps, maps)  # each map against ITSELF: r = 1, but the null must not contain it
+    assert null.shape == (4, 6)
+    torch.testing.assert_close(null[0, 0], map_correlation(maps[:1], maps[:1].flip(-2))[0])
+    torch.testing.assert_close(null[0, 3:], map_correlation(maps[:1], maps[1:]))  # the other images, in order
+    torch.testing.assert_close(null[2, 3:], map_correlation(maps[2:3], maps[[0, 1, 3]]))
+    assert null.max() < 0.99, "the null never pairs a map with its own image"
+
+
+def null_that_keeps_the_pair(maps, other):
+    B = maps.shape[0]
+    return map_correlation(maps[:, None], other[None])[:, :B].repeat(1, 2)[:, :6]  # the diagonal (j == i) left in
+
+
+def test_spatial_null_pairs_unrelated_maps_and_is_wider_than_independent_cells():
+    passes(check_null_pairs_unrelated_maps, spatial_null_correlations)
+    fails(check_null_pairs_unrelated_maps, null_that_keeps_the_pair)
+    smooth = spatial_null_correlations(smooth_maps(8, seed=8), smooth_maps(8, seed=9))  # unrelated, structured
+    white = spatial_null_correlations(torch.rand(8, 14, 14, generator=torch.Generator().manual_seed(10)),
+                                      torch.rand(8, 14, 14, generator=torch.Generator().manual_seed(11)))
+    se = 1 / math.sqrt(14 * 14)
+    assert white.std() < 1.5 * se, "independent cells: r spreads about +-1/sqrt(cells)"
+    assert smooth.std() > 2 * se and smooth.abs().max() > 4 * se, "smooth maps: chance reaches far wider"
 
 
 # ---------------------------------------------------------------- mutation tests

@@ -10,7 +10,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from vit_inspect import (VitInspectError, self_attention_by_hand, block_by_hand, create_untrained, gelu_exact,
-                         gelu_tanh, layer_norm_by_hand, mlp_by_hand, run_blocks_one_at_a_time,
+                         gelu_of, gelu_tanh, layer_norm_by_hand, mlp_by_hand, run_blocks_one_at_a_time,
                          tokens_with_position)
 from vit_inspect import encoder_stack
 
@@ -65,6 +65,21 @@ def test_gelu_exact_and_tanh_match_torch_but_not_each_other():
     assert 1e-4 < difference < 1e-3
     with pytest.raises(AssertionError):
         assert_close(gelu_tanh(x), gelu_exact(x))
+
+
+def gelu_of_matches_the_module(gelu_of):
+    """The by-hand GELU read off each kind of nn.GELU equals that module, and not the other kind."""
+    x = torch.linspace(-6, 6, 2001)
+    for approximate, other in (("none", "tanh"), ("tanh", "none")):
+        assert_close(gelu_of(nn.GELU(approximate=approximate))(x), nn.GELU(approximate=approximate)(x))
+        assert not torch.allclose(gelu_of(nn.GELU(approximate=approximate))(x), nn.GELU(approximate=other)(x))
+
+
+def test_gelu_of_reads_the_form_off_the_module_and_refuses_others():
+    passes(gelu_of_matches_the_module, gelu_of)
+    fails(gelu_of_matches_the_module, lambda act: gelu_exact)  # "ViT-B uses the exact GELU", assumed
+    with pytest.raises(VitInspectError, match="nn.GELU only"):
+        gelu_of(nn.ReLU())
 
 
 def test_mlp_by_hand_equals_timm(tiny, z0):

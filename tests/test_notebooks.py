@@ -256,6 +256,65 @@ def test_every_assert_says_what_should_hold(path):
 LEARNED_CLAIM = "if provenance.trained:"
 
 
+WRONG_CLAIMS = [  # (notebook, text) that issue 18 found wrong; each was replaced by what the notebook now shows
+    ("04_encoder_stack.ipynb", "ViT-B uses the exact GELU"),  # the JAX ViT uses flax's tanh default; timm the erf form
+    ("06_attention_maps.ipynb", "+-1/sqrt(196) = +-0.07 (one standard error)"),  # neighbouring cells are correlated
+    ("06_attention_maps.ipynb", "most of the image, while others attend to small regions"),  # two sources in one quote
+    ("01_patches.ipynb", "course's einops pattern `rearrange(x, 'b c (h s1) (w s2) -> b (h w) (c s1 s2)')`"),
+    ("09_training.ipynb", "from 43 writers"),  # scikit-learn ships UCI's test part: 13 writers
+]
+
+
+@pytest.mark.parametrize("name, text", WRONG_CLAIMS, ids=[f"{n[:2]}: {t[:30]}" for n, t in WRONG_CLAIMS])
+def test_claims_found_wrong_are_not_made_again(name, text):
+    notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    flat = " ".join(" ".join(cell.source for cell in notebook.cells).split())
+    assert " ".join(text.split()) not in flat, f"{name} says again: {text}"
+
+
+CLAIMS_PAGE = ROOT / "docs" / "learned-claims.md"
+CLAIM_ID = re.compile(r"^# learned claim ([0-9]{2}-[a-z0-9-]+): what it rests on is in docs/learned-claims\.md$", re.M)
+
+
+def pretrained_claim_cells() -> dict[str, list[str]]:
+    """{"NN_name.ipynb cell i": the learned-claim IDs it names} for every gated cell of the ViT-B/16 notebooks."""
+    cells = {}
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(path, as_version=4)
+        if keeps_all_outputs(notebook):
+            continue  # 09 studies the model it trains; test_learned_claims.py checks those claims
+        for index, cell in enumerate(notebook.cells):
+            if cell.cell_type == "code" and LEARNED_CLAIM in cell.source:
+                cells[f"{path.name} cell {index}"] = CLAIM_ID.findall(cell.source)
+    return cells
+
+
+def claims_table() -> dict[str, str]:
+    """{ID: its row} of the table in docs/learned-claims.md."""
+    rows = [line for line in CLAIMS_PAGE.read_text().splitlines() if re.match(r"^\| `[0-9]{2}-", line)]
+    return {re.match(r"^\| `([^`]+)`", row).group(1): row for row in rows}
+
+
+def test_every_learned_claim_about_the_pretrained_model_is_in_the_claims_table():
+    """Each gated cell of 01-08, 10 names one claim ID; the table has exactly those IDs, each with a source column."""
+    cells, table = pretrained_claim_cells(), claims_table()
+    assert cells, "the ViT-B/16 notebooks make learned claims"
+    for cell, ids in cells.items():
+        assert len(ids) == 1, f"{cell}: a learned-claim cell starts with one '# learned claim ID: ...' comment"
+    named = [ids[0] for ids in cells.values()]
+    assert len(set(named)) == len(named), "every claim has its own ID"
+    assert set(named) == set(table), (f"in the notebooks, not in docs/learned-claims.md: {set(named) - set(table)}; "
+                                      f"in the table, in no notebook: {set(table) - set(named)}")
+    for claim, row in table.items():
+        notebook = claim[:2]
+        assert any(cell.startswith(notebook) and ids == [claim] for cell, ids in cells.items()), \
+            f"{claim}: its ID says notebook {notebook}"
+        columns = [column.strip() for column in row.strip("|").split("|")]
+        assert len(columns) == 5 and all(columns), f"{claim}: ID, notebook, claim, threshold, source - none empty"
+        assert "unsourced" in columns[4] or re.search(r"ViT-[BL]/\d+|the pinned tag", columns[4]), \
+            f"{claim}: name the weights the published figure is for, or say 'unsourced'"
+
+
 @pytest.fixture(scope="module")
 def random_weights_marked_trained(tmp_path_factory):
     """Seeded random ViT-B/16 weights in a file that claims to be trained: what a wrong download would look like."""

@@ -133,7 +133,7 @@ def test_untrained_title_is_added_once():
     assert untrained_title("x", trained=True) == "x"
 
 
-def test_mistakes_get_a_colour_bar_each_and_negative_values_a_scale_centred_on_zero(crop):
+def test_mistakes_share_one_scale_for_weights_and_negative_values_a_scale_centred_on_zero(crop):
     maps = {"correct": torch.rand(4, 4) * 0.02, "no_softmax": torch.randn(4, 4),
             "divide_after_softmax": torch.rand(4, 4) * 0.02 / 27.7}
     fig = plot_attention_mistakes(crop, maps, {"no_softmax": 0.5}, trained=True)
@@ -143,8 +143,12 @@ def test_mistakes_get_a_colour_bar_each_and_negative_values_a_scale_centred_on_z
     assert titles[0].startswith("correct") and "50.0%" in titles[1]
     low, high = drawn[1].get_images()[1].get_clim()
     assert low < 0 and low == -high == -float(maps["no_softmax"].abs().max())
-    assert drawn[0].get_images()[1].get_clim() == pytest.approx((0.0, float(maps["correct"].max())))
-    assert drawn[2].get_images()[1].get_clim()[1] < 0.001  # its own, 28x smaller scale
+    weights_max = max(float(maps["correct"].max()), float(maps["divide_after_softmax"].max()))
+    assert drawn[0].get_images()[1].get_clim() == pytest.approx((0.0, weights_max))
+    assert drawn[2].get_images()[1].get_clim() == pytest.approx((0.0, weights_max)), \
+        "maps of weights are compared on one scale: the 28x flatter softmax looks flatter"
+    own = panels(plot_attention_mistakes(crop, maps, trained=True, shared=False))
+    assert own[2].get_images()[1].get_clim()[1] < 0.001  # on request, its own 28x smaller scale
 
 
 def test_rollout_starts_at_zero_with_a_shared_scale_and_uniform_on_the_bar(crop):
@@ -300,3 +304,83 @@ def test_rollout_vs_brightness_draws_one_dot_per_patch():
     offsets = ax.collections[0].get_offsets()
     assert np.allclose(offsets, np.stack([brightness.ravel(), rollout.ravel()], axis=1))
     assert "r = -0.25" in ax.get_title()
+
+
+# ---------------------------------------------------------------- 09 training: one scale, nothing hidden or overlapping
+
+def drawn(fig):
+    """The figure laid out and drawn, so that text extents are final."""
+    FigureCanvasAgg(fig).draw()
+    return fig
+
+
+def overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def digits(count: int = 8) -> torch.Tensor:
+    return torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def check_rollout_digits_share_one_scale(plot) -> None:
+    maps = torch.rand(8, 8, 8, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.2, 1, 8)[:, None, None]
+    fig = drawn(plot(digits(), maps, [f"digit {i}" for i in range(8)], trained=True, uniform=1 / 65))
+    heats = [ax.get_images()[1] for ax in panels(fig)]
+    assert len(heats) == 8 and {heat.get_clim() for heat in heats} == {(0.0, float(maps.max()))}, \
+        "every panel on one scale, from 0 to the largest value of any map"
+    assert len(colorbars(fig)) == 1, "one colour bar for the compared panels"
+
+
+def rollout_digits_each_on_its_own_scale(pixels, maps, titles, *, trained, uniform=None, ncols=4, title=""):
+    fig, axes = plotting._axes_grid(len(maps), None, ncols, size=2.4)
+    for index, ax in enumerate(axes[:len(maps)]):
+        plot_heatmap_overlay(plotting._picture(pixels[index]), maps[index], trained=trained, ax=ax)
+    return fig
+
+
+def test_rollout_digits_share_one_scale_with_uniform_marked_and_ticks_apart():
+    passes(check_rollout_digits_share_one_scale, plotting.plot_rollout_digits)
+    fails(check_rollout_digits_share_one_scale, rollout_digits_each_on_its_own_scale)
+    fig = drawn(plotting.plot_rollout_digits(digits(), torch.rand(8, 8, 8) * 0.05, [str(i) for i in range(8)],
+                                             trained=True, uniform=1 / 65))
+    bar = colorbars(fig)[0]
+    assert any(np.allclose(line.get_ydata(), 1 / 65) for line in bar.get_lines()), "uniform 1/N marked on the bar"
+    ticks = [label.get_window_extent() for label in bar.get_yticklabels() if label.get_text()]
+    assert len(ticks) >= 3 and not any(overlap(a, b) for a, b in zip(ticks, ticks[1:])), "tick labels apart"
+    panel = panels(fig)[0].get_window_extent()
+    assert panel.width >= 120 and panel.height >= 120, "digits large enough to see (pixels at the default dpi)"
+
+
+def test_training_curve_titles_do_not_run_into_each_other():
+    history = {"train_loss": torch.tensor([2.0, 1.0]), "test_loss": torch.tensor([2.1, 1.2]),
+               "train_accuracy": torch.tensor([0.2, 0.9]), "test_accuracy": torch.tensor([0.1, 0.975])}
+    fig = drawn(plotting.plot_training_curves(history, title="a long title for the small ViT on digits"))
+    left, right = (ax.title.get_window_extent() for ax in fig.axes[:2])
+    assert not overlap(left, right), "the two panel titles overlap"
+    suptitle = fig._suptitle.get_window_extent()
+    assert not overlap(left, suptitle) and not overlap(right, suptitle), "the panel titles clear the figure's title"
+    width = fig.bbox.width
+    assert 0 <= left.x0 and right.x1 <= width, "titles stay inside the figure"
+    assert "97.5%" in fig.axes[1].get_title()
+
+
+def test_attention_distance_has_whole_block_ticks_and_hides_no_dot():
+    values = torch.full((4, 4), 16.0)  # every head at the same distance in every block: the worst case
+    ax = drawn(plot_attention_distance(values, 16.0, trained=True)).axes[0]
+    shown = [tick for tick in ax.get_xticks() if ax.get_xlim()[0] <= tick <= ax.get_xlim()[1]]
+    assert shown == [0, 1, 2, 3], "ticks at the blocks, 0-based, no fractions"
+    dots = np.concatenate([collection.get_offsets() for collection in ax.collections])  # (L * H, 2)
+    assert len({tuple(np.round(dot, 6)) for dot in dots}) == 16, "every head's dot at its own place"
+    assert np.allclose(np.round(dots[:, 0]), np.repeat(np.arange(4)[None], 4, axis=0).ravel()), \
+        "each dot beside its own block"
+    legend = ax.get_legend().get_window_extent()
+    assert not overlap(legend, ax.get_window_extent()), "the legend sits beside the axes, over no dot"
+    wide = drawn(plot_attention_distance(torch.rand(12, 12) * 100, 80.0, trained=True)).axes[0]
+    assert all(float(tick).is_integer() for tick in wide.get_xticks()), "12 blocks: whole-number ticks"
+
+
+def test_top_k_names_stay_readable_over_the_untrained_watermark():
+    ax = plot_top_k(top_k(torch.randn(1, 10), k=3), trained=False).axes[0]
+    names = [t for t in ax.texts if t.get_text() != "UNTRAINED"]
+    mark = next(t for t in ax.texts if t.get_text() == "UNTRAINED")
+    assert len(names) == 3 and all(t.get_zorder() > mark.get_zorder() for t in names), "names drawn above the mark"

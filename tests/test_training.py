@@ -15,7 +15,7 @@ import torchvision.datasets
 from PIL import Image
 
 from vit_inspect import (VitInspectError, ViTSpec, TrainConfig, TrainingData, build_vit, capture, class_token_maps,
-                         confusion_matrix, curve_area, delete_patches, deletion_curve, deletion_curves,
+                         confusion_matrix, curve_area, delete_patches, deletion_curve, deletion_curves, digits_writers,
                          first_block_distance, grid_size_of, importance_order, ink_ratio, linear_baseline, load_dataset,
                          load_trained, load_vit, mean_attention_distance, model_input, num_prefix_tokens_of,
                          patch_ink, pooled_features, predict_logits, preprocess, random_order, randomisation_curves,
@@ -428,3 +428,36 @@ def test_training_uses_one_thread_and_gives_torch_its_setting_back(monkeypatch):
         assert seen[-1] == 2, "threads=None keeps the caller's setting"
     finally:
         torch.set_num_threads(before)
+
+
+def digits_texts() -> dict[str, str]:
+    """Every text that says who wrote the digits: the module docstring, notebook 09's markdown, data/README.md."""
+    from pathlib import Path
+
+    import nbformat
+
+    root = Path(__file__).resolve().parent.parent
+    notebook = nbformat.read(root / "notebooks" / "09_training.ipynb", as_version=4)
+    markdown = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
+    return {"training.py": training_module.__doc__, "09_training.ipynb": markdown,
+            "data/README.md": (root / "data" / "README.md").read_text()}
+
+
+def test_digits_come_from_13_writers_and_every_text_says_so():
+    """scikit-learn's digits are UCI's test part (13 writers), and a random split shares the writers."""
+    assert digits_writers() == 13
+    for name, text in digits_texts().items():
+        flat = " ".join(text.split())
+        assert "13 writers" in flat and "from 43 writers" not in flat, name
+        assert "held-out digits, not held-out writers" in flat, f"{name}: say what the split holds out"
+
+
+def test_digits_writers_refuses_a_description_without_them(monkeypatch):
+    import sklearn.datasets
+
+    class Bunch:
+        DESCR = "Optical recognition of handwritten digits dataset"
+
+    monkeypatch.setattr(sklearn.datasets, "load_digits", lambda: Bunch())
+    with pytest.raises(VitInspectError, match="test writers"):
+        digits_writers()

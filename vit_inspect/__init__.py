@@ -35,10 +35,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "attention_by_hand": ("MISTAKES", "MISTAKE_DESCRIPTIONS", "self_attention_by_hand", "mistake_errors",
                           "attention_entropy", "query_attention_maps"),
     "encoder_stack": ("layer_norm_by_hand", "gelu_exact", "gelu_tanh", "linear_by_hand", "mlp_by_hand",
-                      "block_by_hand", "final_norm_by_hand", "run_blocks_one_at_a_time"),
+                      "block_by_hand", "final_norm_by_hand", "run_blocks_one_at_a_time", "gelu_of"),
     "classification_head": ("POOLINGS", "pool_tokens", "head_by_hand", "classify_by_hand"),
     "attention_maps": ("HEAD_FUSIONS", "fuse_heads", "attention_rollout", "rollout_to_grid", "grid_argmax",
-                       "patch_brightness", "map_correlation",
+                       "patch_brightness", "map_correlation", "bright_ratio", "map_vs_brightness",
+                       "spatial_null_correlations",
                        "patch_centres", "patch_distances", "mean_attention_distance",
                        "uniform_attention_distance", "average_attention_distance", "StreamedRollout",
                        "StreamedDistance", "analyse_attention"),
@@ -58,7 +59,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                  "linear_baseline", "class_token_maps", "patch_ink", "ink_ratio", "first_block_distance",
                  "importance_order", "random_order", "delete_patches", "deletion_curve", "deletion_curves",
                  "curve_area", "rank_correlation", "randomise_top_blocks", "randomised_maps", "randomisation_curves",
-                 "run_ablations"),
+                 "run_ablations", "digits_writers"),
     "attention_explorer": ("explorer",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

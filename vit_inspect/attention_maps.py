@@ -7,7 +7,8 @@ attention that ``recorder.capture`` returns. Both are also available streamed
 computed layer by layer inside the forward pass, so no (B, L, H, N, N) tensor is ever
 stored - what a folder of images needs (:func:`average_attention_distance`).
 A sanity check for the maps: how much of a rollout map the mere brightness of the
-patches explains (:func:`patch_brightness`, :func:`map_correlation`).
+patches explains (:func:`patch_brightness`, :func:`map_vs_brightness`), against a chance
+level that keeps the maps' spatial structure (:func:`spatial_null_correlations`).
 """
 from __future__ import annotations
 
@@ -105,13 +106,56 @@ def patch_brightness(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 def map_correlation(maps: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of two (B, gh, gw) maps over their cells, one per image: (B,).
+    """Pearson correlation of two (..., B, gh, gw) maps over their cells, one per map: (..., B).
 
     +1: one map is an increasing linear function of the other; 0: no linear relation.
+    Leading dimensions (e.g. randomisation steps) broadcast against ``other``.
     """
-    a = maps.flatten(1) - maps.flatten(1).mean(dim=1, keepdim=True)  # (B, gh*gw)
-    b = other.flatten(1) - other.flatten(1).mean(dim=1, keepdim=True)  # (B, gh*gw)
-    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(torch.finfo(a.dtype).tiny)
+    a = maps.flatten(-2) - maps.flatten(-2).mean(dim=-1, keepdim=True)  # (..., B, gh*gw)
+    b = other.flatten(-2) - other.flatten(-2).mean(dim=-1, keepdim=True)  # (B, gh*gw)
+    return (a * b).sum(dim=-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(torch.finfo(a.dtype).tiny)
+
+
+def bright_ratio(maps: torch.Tensor, brightness: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
+    """Mean map value on bright patches / on dark ones, per image: (..., B, gh, gw), (B, gh, gw) -> (..., B).
+
+    A patch is bright when its brightness (in [0, 1]) is above ``threshold``: on the digits
+    of notebook 09, the ink. Above 1: the map favours the bright patches. An image with no
+    bright or no dark patch gives NaN.
+    """
+    bright = brightness > threshold  # (B, gh, gw)
+    bright_mean = (maps * bright).flatten(-2).sum(-1) / bright.flatten(-2).sum(-1)  # (..., B)
+    dark_mean = (maps * ~bright).flatten(-2).sum(-1) / (~bright).flatten(-2).sum(-1)  # (..., B)
+    return bright_mean / dark_mean
+
+
+def map_vs_brightness(maps: torch.Tensor, brightness: torch.Tensor,
+                      threshold: float = 0.25) -> dict[str, torch.Tensor]:
+    """How much of a map the brightness of the patches explains, in the two measures notebooks 06 and 09 print.
+
+    ``{"r": Pearson's r over the cells, "bright_ratio": mean on bright / on dark patches}``,
+    each (..., B) for maps (..., B, gh, gw) and brightness (B, gh, gw). Both are near 0 and
+    1 for a map unrelated to brightness; they can disagree (r sees any linear trend, the
+    ratio only the split at ``threshold``).
+    """
+    return {"r": map_correlation(maps, brightness), "bright_ratio": bright_ratio(maps, brightness, threshold)}
+
+
+def spatial_null_correlations(maps: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """r of each map with ``other`` maps that keep their spatial structure, not the pairing: (B, 3 + B - 1).
+
+    Neighbouring patches are alike in both maps, so r between UNRELATED smooth maps
+    spreads far wider than the +-1/sqrt(cells) that independent cells would give. Column
+    0-2: map i against ``other[i]`` flipped upside down, left-right, and both (turned
+    by 180 degrees); then map i against every other image's ``other[j]``, j != i. The
+    spread of these values is the chance level a real r must beat.
+    """
+    B = maps.shape[0]
+    flips = [other.flip(-2), other.flip(-1), other.flip(-2, -1)]  # 3 x (B, gh, gw)
+    flipped = torch.stack([map_correlation(maps, f) for f in flips], dim=1)  # (B, 3)
+    pairs = map_correlation(maps[:, None], other[None])  # (B, B): map i against other j
+    others = pairs[~torch.eye(B, dtype=torch.bool)].reshape(B, B - 1)  # (B, B - 1), j != i
+    return torch.cat([flipped, others], dim=1)  # (B, 3 + B - 1)
 
 
 def grid_argmax(maps: torch.Tensor) -> torch.Tensor:

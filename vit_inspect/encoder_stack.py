@@ -5,6 +5,7 @@ z'_l = MSA(LN(z_{l-1})) + z_{l-1};  z_l = MLP(LN(z'_l)) + z'_l;  y = LN(z_L).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -36,11 +37,21 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
-def _gelu_of(mlp: nn.Module):
-    act = mlp.act
+def gelu_of(act: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The by-hand GELU that an ``nn.GELU`` module computes: ``gelu_tanh`` or ``gelu_exact``, (...) -> (...).
+
+    Read off the module, not assumed: timm's ViT builds ``nn.GELU()`` (exact, erf), while
+    the original JAX ViT calls flax's ``nn.gelu``, whose default is the tanh approximation.
+    """
     if not isinstance(act, nn.GELU):
-        raise VitInspectError(f"mlp_by_hand knows GELU only, this MLP uses {type(act).__name__}")
+        raise VitInspectError(f"gelu_of knows nn.GELU only, got {type(act).__name__}")
     return gelu_tanh if act.approximate == "tanh" else gelu_exact
+
+
+def _gelu_of(mlp: nn.Module):
+    if not isinstance(mlp.act, nn.GELU):
+        raise VitInspectError(f"mlp_by_hand knows GELU only, this MLP uses {type(mlp.act).__name__}")
+    return gelu_of(mlp.act)
 
 
 def linear_by_hand(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:

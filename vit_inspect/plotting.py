@@ -260,19 +260,23 @@ def plot_query_attention(crop: Image.Image, maps: torch.Tensor, query_cell: tupl
 
 def plot_attention_mistakes(crop: Image.Image, maps: dict[str, torch.Tensor], errors: dict[str, float] | None = None,
                             query_cell: tuple[int, int] | None = None, *, trained: bool,
-                            axes: Sequence[Axes] | None = None, title: str = "") -> Figure:
+                            axes: Sequence[Axes] | None = None, title: str = "", shared: bool = True) -> Figure:
     """Side by side: the correct map and each mistake's map ({name: (gh, gw)}) for one head/query.
 
-    Each panel has its own colour bar, so the scale of each mistake shows: from 0 to the
-    max, or centred on 0 (blue negative, red positive) when a map has negative values.
+    Maps of weights (no negative value) are compared on one scale from 0 to the largest of
+    them (``shared=False``: each from 0 to its own max), so a flatter softmax looks flatter;
+    a map with negative values (no softmax at all) gets a scale centred on 0 (blue
+    negative, red positive). Every panel keeps a colour bar and its max in its title.
     ``errors`` ({name: relative error of the block output}) goes into the panel titles.
     """
     fig, axes = _axes_grid(len(maps), axes, ncols=min(len(maps), 4), size=3.2)
     gh = next(iter(maps.values())).shape[0]
+    weights_max = max((float(_numpy(h).max()) for h in maps.values() if float(_numpy(h).min()) >= 0), default=None)
     for (name, heat), ax in zip(maps.items(), axes):
         heat = _numpy(heat).astype(np.float64)
         low, high = float(heat.min()), float(heat.max())
-        limits = {"vmin": -max(abs(low), high), "vmax": max(abs(low), high), "cmap": "RdBu_r"} if low < 0 else {}
+        limits = ({"vmin": -max(abs(low), high), "vmax": max(abs(low), high), "cmap": "RdBu_r"} if low < 0
+                  else {"vmax": weights_max} if shared else {})
         extremes = f"min {low:.3g}, max {high:.3g}" if low < 0 else f"max {high:.3g}"
         error = f"\nout off by {errors[name]:.1%}" if errors and name in errors else ""
         plot_heatmap_overlay(crop, heat, trained=trained, ax=ax, label="weight", title=f"{name}\n{extremes}{error}",
@@ -336,7 +340,8 @@ def plot_top_k(topk: TopK, image: int = 0, *, trained: bool, ax: Axes | None = N
     tops = np.concatenate([[0.0], np.cumsum(lines + 0.5)[:-1]])  # a row: its lines, then half a line apart
     ax.barh(tops + lines / 2, [r["probability"] for r in rows], height=lines + 0.2, color="tab:blue", alpha=0.3)
     for top, text in zip(tops, texts):
-        ax.text(0.01, top + 0.05, text, va="top", ha="left", linespacing=1.0)
+        ax.text(0.01, top + 0.05, text, va="top", ha="left", linespacing=1.0, zorder=11,  # above the watermark
+                path_effects=[patheffects.withStroke(linewidth=3, foreground="white")])
     ax.set_ylim(tops[-1] + lines[-1] + 0.25, -0.25)
     ax.set_xlim(0, 1)
     ax.set_yticks([])
@@ -377,23 +382,37 @@ def plot_attention_distance(distance: torch.Tensor | np.ndarray, reference: floa
                             ax: Axes | None = None, title: str = "mean attention distance") -> Figure:
     """(L, H) distances in pixels as the paper plots them: one dot per head, x = block (from 0).
 
-    ``reference`` (e.g. the distance of uniform attention) is drawn as a dashed line.
+    ``reference`` (e.g. the distance of uniform attention) is drawn as a dashed line. The
+    heads of a block sit side by side around its tick, so equal distances hide no dot.
     """
-    ax = axes_or_new(ax)
+    own_figure = ax is None
+    if own_figure:
+        ax = new_axes(size=4.0)[1][0, 0]
+        ax.figure.set_size_inches(6.0, 4.0)  # room for the legend beside the axes
     values = _numpy(distance)
     L, H = values.shape
     colours = _head_colours(H)
-    for head in range(H):
-        ax.scatter(np.arange(L), values[:, head], s=14, color=colours[head], label=f"head {head}")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # blocks are whole numbers
+    for head in range(H):  # each head a little to the side of its block, so equal distances hide no dot
+        ax.scatter(np.arange(L) + _dodge(head, H), values[:, head], s=18, color=colours[head],
+                   edgecolors="white", linewidths=0.4, label=f"head {head}")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=L if own_figure else "auto", integer=True))  # whole blocks
+    ax.set_xlim(-0.5, L - 0.5)
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="uniform attention")
     ax.set_xlabel("network depth (block, from 0)")
     ax.set_ylabel("mean attention distance (pixels)")
     ax.set_ylim(0, 1.1 * max(float(values.max()), reference or 0.0))
     label_panel(ax, title, trained)
-    ax.legend(fontsize="xx-small", ncols=2, loc="lower right")
+    if own_figure:  # beside the axes: it covers no dot
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:  # a panel of a composed figure keeps its width
+        ax.legend(fontsize="xx-small", ncols=2, loc="lower right")
     return ax.figure
+
+
+def _dodge(head: int, heads: int, width: float = 0.6) -> float:
+    """Horizontal offset of one head's dots from its block, spreading the heads evenly over ``width``."""
+    return (head - (heads - 1) / 2) * width / heads
 
 
 def _head_colours(count: int) -> list[tuple]:
@@ -461,6 +480,30 @@ def plot_predictions(pixels: torch.Tensor, labels: torch.Tensor, predictions: to
     return fig
 
 
+def plot_rollout_digits(pixels: torch.Tensor, maps: torch.Tensor, titles: Sequence[str], *, trained: bool,
+                        uniform: float | None = None, ncols: int = 4, title: str = "") -> Figure:
+    """Rollout maps (n, gh, gw) over their uint8 digits (n, 3, S, S), compared: one colour scale for all panels.
+
+    The scale runs from 0 to the largest value of any map, with one colour bar for the
+    figure on which ``uniform`` (1/N) is marked; each panel's title keeps its own max.
+    """
+    count = pixels.shape[0]
+    fig, axes = _axes_grid(count, None, ncols, size=2.4)
+    vmax = float(_numpy(maps).max())
+    for index, ax in zip(range(count), axes):
+        heat = _numpy(maps[index])
+        plot_heatmap_overlay(_picture(pixels[index]), heat, trained=trained, vmax=vmax, colorbar=False,
+                             alpha=0.5, ax=ax, title=f"{titles[index]}\nmax {float(heat.max()):.3f}")
+    add_colorbar(fig, axes[0].get_images()[-1], axes[:count], "rollout weight", uniform)
+    label_figure(fig, title or "attention rollout of the class token", trained)
+    return fig
+
+
+def _picture(pixels: torch.Tensor) -> Image.Image:
+    """uint8 crop (3, S, S) -> the RGB picture, for drawing only."""
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB")  # (S, S, 3)
+
+
 def plot_training_curves(history: dict[str, torch.Tensor], axes: Sequence[Axes] | None = None,
                          title: str = "") -> Figure:
     """Loss and accuracy per epoch, train and test, from ``train_vit``'s history: two panels.
@@ -476,8 +519,9 @@ def plot_training_curves(history: dict[str, torch.Tensor], axes: Sequence[Axes] 
         ax.set_ylabel(metric)
         ax.legend()
     axes[1].set_ylim(0, 1.02)
-    axes[1].set_title(f"test accuracy after the last epoch: {float(history['test_accuracy'][-1]):.1%}")
-    axes[0].set_title("cross-entropy (train: with label smoothing)")
+    axes[1].set_title(f"accuracy\n(test, after the last epoch: {float(history['test_accuracy'][-1]):.1%})",
+                      fontsize="medium")  # two short lines: side by side, long titles ran into each other
+    axes[0].set_title("cross-entropy\n(train: with label smoothing)", fontsize="medium")
     fig.suptitle(title or "training curves")
     return fig
 

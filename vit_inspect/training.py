@@ -6,8 +6,10 @@ input, 4-pixel patches on an 8x8 grid, D = 64, 4 heads), so every helper of the 
 works on it unchanged. Its spec, builder and weights file live there and stay importable
 from here.
 
-Data: scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, no network
-needed) upscaled to 32x32, with a seeded stratified train/test split; a folder of class
+Data: scikit-learn's bundled handwritten digits (1,797 real 8x8 scans by 13 writers, the
+test part of UCI's optdigits; no network needed) upscaled to 32x32, with a seeded
+stratified train/test split of the digits - the writers are not recorded, so the same
+writers are on both sides: held-out digits, not held-out writers; a folder of class
 sub-folders; or, where there is network, torchvision's MNIST, Fashion-MNIST, CIFAR-10.
 Every dataset is held as uint8 crops (n, 3, S, S): exactly what ``preprocess`` gives
 for the same picture, before normalisation.
@@ -26,6 +28,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention_maps import attention_rollout, mean_attention_distance, rollout_to_grid
+from .attention_maps import attention_rollout, bright_ratio, mean_attention_distance, rollout_to_grid
 from .dataset_names import DATASETS, DIGITS, TORCHVISION_DATASETS
 from .errors import VitInspectError, named_argument
 from .images import data_config_of, data_dir, load_image, split_transform
@@ -128,6 +131,21 @@ def _digits(crop, split_seed: int) -> TrainingData:
     scans = np.round(digits.images * 255 / 16).astype(np.uint8)  # (n, 8, 8): 0..16 ink -> 0..255, white on black
     pixels = _pixels([Image.fromarray(scan, mode="L") for scan in scans], crop)  # (n, 3, S, S)
     return _stratified(DIGITS, pixels, digits.target, [str(c) for c in digits.target_names], split_seed)
+
+
+def digits_writers() -> int:
+    """How many people wrote scikit-learn's digits, read from scikit-learn's own description: an int (13).
+
+    scikit-learn ships the test part of UCI's optdigits: "From a total of 43 people, 30
+    contributed to the training set and different 13 to the test set." The writers are not
+    recorded per image, so a random split puts every writer on both sides.
+    """
+    from sklearn.datasets import load_digits
+
+    found = re.search(r"different\s+(\d+)\s+to the test set", load_digits().DESCR)
+    if found is None:
+        raise VitInspectError("scikit-learn's digits description no longer names its test writers")
+    return int(found.group(1))
 
 
 def _folder(folder: Path, crop, split_seed: int) -> TrainingData:
@@ -439,10 +457,7 @@ def ink_ratio(maps: torch.Tensor, ink: torch.Tensor, threshold: float = 0.25) ->
     without ink or without background give NaN. Leading dimensions of ``maps`` (e.g.
     randomisation steps) share the same ink.
     """
-    on_ink = ink > threshold  # (B, gh, gw)
-    ink_mean = (maps * on_ink).flatten(-2).sum(-1) / on_ink.flatten(-2).sum(-1)  # (..., B)
-    background_mean = (maps * ~on_ink).flatten(-2).sum(-1) / (~on_ink).flatten(-2).sum(-1)  # (..., B)
-    return ink_mean / background_mean
+    return bright_ratio(maps, ink, threshold)  # the measure notebook 06 prints for photos too
 
 
 def first_block_distance(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
