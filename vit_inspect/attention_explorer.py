@@ -54,7 +54,7 @@ ALL_HEADS = -1
 PATCH_QUERY = -1  # the query menu's "a patch"; other entries are prefix-token indices
 CACHED_IMAGES = 8  # each ViT-B/16 image's attention is 12 x 12 x 197 x 197 floats, about 22 MB
 # The size menu: (panel width with all heads, with one head, font size), in screen pixels.
-SIZES = {"small": (224, 448, 16), "large": (288, 576, 20), "huge": (384, 768, 26)}
+SIZES = {"small": (224, 448, 16), "large": (256, 512, 20), "huge": (320, 640, 26)}
 DEFAULT_SIZE = "large"  # readable from the back of a lecture hall
 PLAY_SPEEDS = {"slow: 2 s a block": 2000, "1 s a block": 1000, "fast: 0.4 s a block": 400}
 SCALES = {"one scale for all panels": "shared", "a scale per panel": "per panel"}
@@ -249,6 +249,7 @@ class AttentionExplorer:
         self.captures = self.redraws = 0
         self.drawn: Drawn | None = None
         self._holding = False
+        self._picker_shows: tuple[str, tuple[int, int] | None] | None = None  # (image, query cell) on the picker
         self._build_widgets(len(model.blocks), model.blocks[0].attn.num_heads)
         self._select(self.image.value)
 
@@ -363,6 +364,7 @@ class AttentionExplorer:
             key = f"upload: {name}"
             self.sources[key] = image
             self.cache.pop(key, None)  # a new file under an old name
+            self._picker_shows = None
             self._holding = True
             try:
                 self.image.options, self.image_b.options = list(self.sources), list(self.sources)
@@ -465,6 +467,8 @@ class AttentionExplorer:
         crops = [self.analysis_of(name).crop for name, _ in views for _ in heads]
         all_px, one_px, font_size = SIZES[self.size.value]
         ncols = 2 if head is not None else (per_view if per_view <= 6 else per_view // 2) if len(views) == 2 else 4
+        if head is None and len(views) == 2:  # twice the panels in about the pixels of one view: a redraw as fast
+            all_px = all_px * 2 // 3
         vmax = None if self.scale.value == "shared" else maps.flatten(1).amax(dim=1).tolist()
         notes = [share_note(float(value), self.prefix_names) for value in share] if self.prefix else None
         return draw_head_panels(crops, maps, cell, names, title=title, warning=self.warning,
@@ -486,11 +490,15 @@ class AttentionExplorer:
         return f"{what}\n{scale}"
 
     def _show_picker(self, name: str, cell: tuple[int, int] | None) -> None:
+        """The picture to click on, drawn again only when the image or the query patch changed."""
         if cell is not None:
             self.picker.cell = list(cell)
+        if self._picker_shows == (name, cell):
+            return
         crop = self.analysis_of(name).crop
         self.picker.src = "data:image/png;base64," + base64.b64encode(
             image_bytes(patch_picker_image(crop, self.grid, cell, PICKER_PATCH_PX))).decode("ascii")
+        self._picker_shows = (name, cell)
 
 
 def explorer(model: nn.Module | LoadedViT | None = None,
