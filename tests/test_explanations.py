@@ -332,3 +332,106 @@ def test_planted_attribution_bugs_fail(monkeypatch, model, images):
 def test_planted_flags_left_changed_fails(monkeypatch, model, images):
     monkeypatch.setattr(ex, "fused_attention", _not_restoring_flags)
     fails(check_leaves_model, model, images)
+
+
+# ---------------------------------------------------------------- faithfulness
+
+
+def check_perturbation(model, images):
+    maps = torch.rand(images.shape[0], *GRID, generator=torch.Generator().manual_seed(3))
+    targets = non_predicted(model, images)
+    P = GRID[0] * GRID[1]
+    curves = ex.perturbation_curves(model, images, maps, targets, steps=P, fill="mean")
+    mean = images.mean(dim=(0, 2, 3), keepdim=True)  # (1, 3, 1, 1): the fill
+    with torch.no_grad():
+        def probability(x):
+            return model(x).softmax(dim=-1).gather(1, targets[:, None])[:, 0]
+        top = maps.flatten(1).argmax(dim=1)  # (B,)
+        one_deleted, only_one = images.clone(), mean.expand_as(images).clone()
+        for b, index in enumerate(top.tolist()):
+            r, c = divmod(index, GRID[1])
+            rows, cols = slice(r * PATCH, (r + 1) * PATCH), slice(c * PATCH, (c + 1) * PATCH)
+            one_deleted[b, :, rows, cols] = mean[0]
+            only_one[b, :, rows, cols] = images[b, :, rows, cols]
+        assert torch.allclose(curves["deletion"][:, 0], probability(images), atol=1e-6)
+        assert torch.allclose(curves["deletion"][:, 1], probability(one_deleted), atol=1e-6), "deletion, step 1"
+        assert torch.allclose(curves["deletion"][:, -1], probability(mean.expand_as(images)), atol=1e-6)
+        assert torch.allclose(curves["insertion"][:, 1], probability(only_one), atol=1e-6), "insertion, step 1"
+        assert torch.allclose(curves["insertion"][:, -1], probability(images), atol=1e-6)
+
+
+def test_perturbation_curves_delete_the_most_important_patch_first(model, images):
+    passes(check_perturbation, model, images)
+
+
+def test_planted_perturbation_bugs_fail(monkeypatch, model, images):
+    with monkeypatch.context() as patch:  # least important first
+        patch.setattr(ex, "importance_order", lambda maps: maps.flatten(1).argsort(dim=1))
+        fails(check_perturbation, model, images)
+    with monkeypatch.context() as patch:  # the background (black) fill the issue warns against
+        patch.setattr(ex, "fill_images", lambda images, fill, p: torch.full_like(images, -2.0))
+        fails(check_perturbation, model, images)
+
+
+def test_fills(images):
+    mean = ex.fill_images(images, "mean")
+    assert mean.shape == images.shape and torch.allclose(mean[1, :, 0, 0], images.mean(dim=(0, 2, 3)))
+    blurred = ex.fill_images(images, "blur", PATCH)
+    assert blurred.shape == images.shape and blurred.std() < 0.5 * images.std()
+    with pytest.raises(VitInspectError, match="fill must be"):
+        ex.fill_images(images, "black")
+
+
+def test_road_is_seeded_and_reversing_the_map_reverses_it(model, images):
+    maps = torch.rand(images.shape[0], *GRID, generator=torch.Generator().manual_seed(3))
+    targets = non_predicted(model, images)
+    score = ex.road_scores(model, images, maps, targets)
+    assert score.shape == (images.shape[0],)
+    assert torch.equal(score, ex.road_scores(model, images, maps, targets))
+    # most-relevant-first on -m removes what least-relevant-first on m removes (up to the imputation noise)
+    assert torch.allclose(ex.road_scores(model, images, -maps, targets), -score, atol=0.02)
+    assert score.abs().max() > 0.05, "ROAD does not see the map"
+
+
+# ---------------------------------------------------------------- sanity checks
+
+
+@pytest.fixture(scope="module")
+def small_vit():
+    from vit_inspect.training import ViTSpec, build_vit
+
+    model = build_vit(ViTSpec(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=4), seed=0)
+    randomise_constant_init(model)
+    return model
+
+
+def check_cascade(model, images):
+    targets = torch.zeros(images.shape[0], dtype=torch.long)
+    attention = ex.cascading_randomisation(model, images, "attention", targets, seed=5)  # (L + 1, B)
+    brightness = ex.cascading_randomisation(model, images, "brightness", targets, seed=5)
+    assert attention.shape == (len(model.blocks) + 1, images.shape[0])
+    assert torch.allclose(attention[0], torch.ones(1, dtype=attention.dtype)) and torch.all(brightness > 0.999)
+    assert attention[-1].mean() < 0.9, "last-layer attention did not notice its block re-initialised"
+
+
+def test_cascading_randomisation(small_vit):
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    passes(check_cascade, small_vit, images)
+
+
+def test_planted_cascade_without_randomisation_fails(monkeypatch, small_vit):
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(ex, "randomise_top_blocks", lambda model, count, seed: copy.deepcopy(model))
+    fails(check_cascade, small_vit, images)
+
+
+def test_data_randomisation(small_vit):
+    from vit_inspect.training import build_vit, spec_of
+
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    targets = torch.zeros(4, dtype=torch.long)
+    other = build_vit(spec_of(small_vit), seed=1)
+    same = ex.data_randomisation(small_vit, small_vit, images, "chefer", targets)
+    assert torch.allclose(same, torch.ones(4, dtype=same.dtype))
+    assert ex.data_randomisation(small_vit, other, images, "chefer", targets).mean() < 0.9
+    assert torch.all(ex.data_randomisation(small_vit, other, images, "edges", targets) > 0.999)

@@ -342,3 +342,106 @@ def random_map(model: nn.Module, images: torch.Tensor, seed: int = 0) -> torch.T
 
 BASELINE_MAPS: dict[str, Callable[[nn.Module, torch.Tensor, int], torch.Tensor]] = {
     "brightness": brightness_map, "edges": edge_map, "random": random_map}
+
+
+# ---------------------------------------------------------------- faithfulness: deletion, insertion, ROAD
+
+
+FILLS = ("mean", "blur")
+
+
+def fill_images(images: torch.Tensor, fill: str | torch.Tensor = "mean", patch_size: int = 4) -> torch.Tensor:
+    """What a removed patch shows, (B, 3, H, W): the per-channel mean of ``images`` (the data set's
+    mean when ``images`` is the data set), a Gaussian blur of each image (sigma = one patch), or a given tensor.
+
+    Not the background colour: on white-on-black digits a black fill makes any ink-first order win.
+    """
+    if isinstance(fill, torch.Tensor):
+        return fill.expand_as(images)
+    if fill == "mean":
+        return images.mean(dim=(0, 2, 3), keepdim=True).expand_as(images)  # (B, 3, H, W)
+    if fill == "blur":
+        from torchvision.transforms.functional import gaussian_blur
+
+        size = 4 * patch_size + 1
+        return gaussian_blur(images, [size, size], [float(patch_size)] * 2)  # (B, 3, H, W)
+    raise VitInspectError(f"fill must be one of {FILLS} or a tensor, got {fill!r}")
+
+
+def patch_mask(order: torch.Tensor, count: int, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """(B, P) patch order -> (B, 1, H, W) True on the pixels of each image's first ``count`` patches."""
+    B = order.shape[0]
+    chosen = (order.argsort(dim=1) < count).reshape(B, 1, *grid)  # (B, 1, gh, gw)
+    return chosen.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)  # (B, 1, H, W)
+
+
+@torch.no_grad()
+def target_probability(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Softmax probability of each image's target class: (B,)."""
+    return model(images).softmax(dim=-1).gather(1, targets[:, None])[:, 0]
+
+
+def perturbation_curves(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor,
+                        steps: int = 8, fill: str | torch.Tensor = "mean") -> dict[str, torch.Tensor]:
+    """Deletion and insertion curves (Petsiuk et al. 2018), most important patch first: each (B, steps + 1).
+
+    Column k: the target probability after round(k / steps * P) patches are replaced by the
+    fill ("deletion"; faithful = falls fast, small area) or after only they are kept on the
+    fill ("insertion"; faithful = rises fast, large area). Ties in ``maps`` go row-major.
+    """
+    grid, p = tuple(maps.shape[-2:]), patch_size_of(model)
+    order = importance_order(maps)  # (B, P)
+    filled = fill_images(images, fill, p)  # (B, 3, H, W)
+    P = order.shape[1]
+    deletion, insertion = [], []
+    with untouched(model):
+        for k in range(steps + 1):
+            mask = patch_mask(order, round(k / steps * P), grid, p)  # (B, 1, H, W)
+            deletion.append(target_probability(model, torch.where(mask, filled, images), targets))
+            insertion.append(target_probability(model, torch.where(mask, images, filled), targets))
+    return {"deletion": torch.stack(deletion, dim=1), "insertion": torch.stack(insertion, dim=1)}  # (B, steps + 1)
+
+
+def road_scores(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor,
+                percentiles: Sequence[int] = (20, 40, 60, 80), seed: int = 0) -> torch.Tensor:
+    """ROAD (Rong et al. 2022) by pytorch-grad-cam: (B,), larger = more faithful.
+
+    ``ROADCombined``: the mean over ``percentiles`` of (probability drop removing the least
+    relevant pixels - drop removing the most relevant) / 2, removed pixels filled by noisy
+    linear imputation from their neighbours (seeded). Maps act per pixel, each patch's value on its pixels.
+    """
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    p = patch_size_of(model)
+    pixel_maps = maps.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2)  # (B, H, W)
+    with untouched(model), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        scores = ROADCombined(percentiles=list(percentiles))(
+            images, pixel_maps.float().numpy(), [ClassifierOutputSoftmaxTarget(int(t)) for t in targets], model)
+    return torch.as_tensor(np.asarray(scores, dtype=np.float64)).reshape(-1)  # (B,)
+
+
+# ---------------------------------------------------------------- sanity checks (Adebayo et al. 2018)
+
+
+def cascading_randomisation(model: nn.Module, images: torch.Tensor, method: str, targets: torch.Tensor,
+                            seed: int = 0) -> torch.Tensor:
+    """Spearman rank correlation of each map with the intact model's as the top k blocks are re-initialised: (L + 1, B).
+
+    Row k: the top k blocks re-drawn from timm's initialisation (``randomise_top_blocks``; a
+    model from ``build_vit``); row 0 is 1. The target class stays the intact model's.
+    Near 1 all the way down: the method does not depend on those weights (it fails the check).
+    """
+    intact = explain(model, images, method, targets, seed=seed)  # (B, gh, gw)
+    rows = [rank_correlation(intact, explain(randomise_top_blocks(model, count, seed), images, method, targets,
+                                             seed=seed)) for count in range(len(model.blocks) + 1)]
+    return torch.stack(rows)  # (L + 1, B)
+
+
+def data_randomisation(model: nn.Module, shuffled: nn.Module, images: torch.Tensor, method: str,
+                       targets: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Spearman rank correlation of each map of ``model`` with that of ``shuffled``, the same architecture
+    trained for the same steps on permuted labels: (B,). Near 1: the method ignores what the labels taught."""
+    return rank_correlation(explain(model, images, method, targets, seed=seed),
+                            explain(shuffled, images, method, targets, seed=seed))  # (B,)
