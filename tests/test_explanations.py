@@ -435,3 +435,34 @@ def test_data_randomisation(small_vit):
     assert torch.allclose(same, torch.ones(4, dtype=same.dtype))
     assert ex.data_randomisation(small_vit, other, images, "chefer", targets).mean() < 0.9
     assert torch.all(ex.data_randomisation(small_vit, other, images, "edges", targets) > 0.999)
+
+
+# ---------------------------------------------------------------- the ranking table
+
+
+def synthetic_table(chefer_deletion: float) -> dict[str, dict[str, torch.Tensor]]:
+    row = {k: torch.tensor([0.5, 0.01], dtype=torch.float64) for k in ex.MEASURES}
+    table = {m: dict(row) for m in ("chefer", "brightness", "edges", "random")}
+    table["chefer"]["deletion"] = torch.tensor([chefer_deletion, 0.01], dtype=torch.float64)
+    return table
+
+
+def test_interval_is_the_mean_and_1_96_standard_errors():
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    mean, half = ex.interval(values).tolist()
+    assert mean == pytest.approx(2.5) and half == pytest.approx(1.96 * values.std().item() / 2)
+
+
+def test_faithful_only_beyond_both_baselines_intervals(tmp_path):
+    assert ex.faithful_methods(synthetic_table(0.47))["deletion"] == ["chefer"]  # 0.47 + 0.01 < 0.5 - 0.01
+    assert ex.faithful_methods(synthetic_table(0.49))["deletion"] == []  # the intervals overlap
+    assert ex.faithful_methods(synthetic_table(0.53))["deletion"] == []  # worse: deletion is better low
+    table = synthetic_table(0.47)
+    table["edges"]["deletion"] = torch.tensor([0.45, 0.01], dtype=torch.float64)
+    assert not ex.beats(table, "chefer", "deletion"), "must beat the edges baseline too"
+    path = ex.save_ranking(table, tmp_path / "t.json", {"how": "synthetic"})
+    loaded, notes = ex.load_ranking(path)
+    assert notes == {"how": "synthetic"} and torch.equal(loaded["edges"]["deletion"], table["edges"]["deletion"])
+    assert "chefer" in ex.format_ranking(loaded)
+    with pytest.raises(VitInspectError, match="not a ranking table"):
+        ex.load_ranking(tmp_path / "missing.json")

@@ -25,7 +25,11 @@ of Adebayo et al. 2018 (:func:`cascading_randomisation`) take any of these metho
 """
 from __future__ import annotations
 
+import json
+import os
+import time
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -38,7 +42,8 @@ from .errors import VitInspectError
 from .images import data_config_of
 from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
 from .recorder import capture, fused_attention
-from .training import curve_area, importance_order, rank_correlation, randomise_top_blocks
+from .training import (TrainConfig, TrainingData, build_vit, curve_area, importance_order, rank_correlation,
+                       randomise_top_blocks, spec_of, train_vit)
 
 ATTENTION_METHODS = ("attention", "rollout")
 GRADIENT_METHODS = ("chefer", "gradcam", "input_x_gradient", "integrated_gradients")
@@ -65,9 +70,9 @@ def explain(model: nn.Module, images: torch.Tensor, method: str, target: torch.T
     with untouched(model):
         if method in BASELINES:
             return BASELINE_MAPS[method](model, images, seed).detach()
-        targets = class_targets(model, images, target)  # (B,)
-        if method in ATTENTION_METHODS:
+        if method in ATTENTION_METHODS:  # the class token's own maps: the same for every target
             return ATTENTION_MAPS[method](model, images).detach()
+        targets = class_targets(model, images, target)  # (B,)
         return GRADIENT_MAPS[method](model, images, targets, ig_steps).detach().clamp_min(0)
 
 
@@ -445,3 +450,128 @@ def data_randomisation(model: nn.Module, shuffled: nn.Module, images: torch.Tens
     trained for the same steps on permuted labels: (B,). Near 1: the method ignores what the labels taught."""
     return rank_correlation(explain(model, images, method, targets, seed=seed),
                             explain(shuffled, images, method, targets, seed=seed))  # (B,)
+
+
+def shuffled_label_model(model: nn.Module, data: TrainingData, config: TrainConfig, seed: int = 0) -> nn.Module:
+    """``model``'s architecture trained with ``config`` (the same steps) on the training images with
+    their labels permuted (seeded): what Adebayo et al.'s data randomisation compares against."""
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = data._replace(train_labels=data.train_labels[torch.randperm(len(data.train_labels),
+                                                                           generator=generator)])
+    twin = build_vit(spec_of(model), config.seed)
+    train_vit(twin, shuffled, config, progress=False)
+    return twin.eval()
+
+
+# ---------------------------------------------------------------- the ranking table
+
+
+CASCADE_SEED = 1  # the re-initialised blocks' seed; build_vit's seed 0 may be the model's own initialisation
+MEASURES = ("deletion", "insertion", "road", "cascade", "data", "seconds")
+BETTER = {"deletion": -1, "insertion": 1, "road": 1}  # faithfulness measures: which direction is better
+
+
+def method_scores(model: nn.Module, shuffled: nn.Module, images: torch.Tensor, labels: torch.Tensor, method: str,
+                  seed: int = 0, sanity: int = 64, road: int = 64, ig_steps: int = 16) -> dict[str, torch.Tensor]:
+    """One method's row of the table, per image: "deletion", "insertion" areas (B,), "road" (road,),
+    "cascade" (rank correlation with every block re-initialised) and "data" (with the shuffled-label
+    model), each (sanity,), on the first images; "seconds" per image (0-dim). Target: the true label."""
+    start = time.perf_counter()
+    maps = explain(model, images, method, labels, seed=seed, ig_steps=ig_steps)  # (B, gh, gw)
+    seconds = torch.tensor((time.perf_counter() - start) / len(images))
+    curves = perturbation_curves(model, images, maps, labels)
+    subset = slice(0, sanity)
+    cascade = cascading_randomisation(model, images[subset], method, labels[subset], CASCADE_SEED)[-1]  # (sanity,)
+    return {"deletion": curve_area(curves["deletion"]), "insertion": curve_area(curves["insertion"]),
+            "road": road_scores(model, images[:road], maps[:road], labels[:road], seed=seed), "cascade": cascade,
+            "data": data_randomisation(model, shuffled, images[subset], method, labels[subset], seed),
+            "seconds": seconds}
+
+
+def ranking_table(model: nn.Module, shuffled: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                  methods: Sequence[str] = METHODS, random_seeds: Sequence[int] = (0, 1, 2),
+                  **options) -> dict[str, dict[str, torch.Tensor]]:
+    """{method: {measure: (mean, half-width of the 95% interval over images)}}: each value a (2,) tensor.
+
+    The random baseline is averaged over ``random_seeds`` image by image first. Options go to
+    :func:`method_scores`.
+    """
+    table = {}
+    for method in methods:
+        seeds = random_seeds if method == "random" else (0,)
+        runs = [method_scores(model, shuffled, images, labels, method, seed, **options) for seed in seeds]
+        table[method] = {key: interval(torch.stack([run[key] for run in runs]).mean(dim=0)) for key in MEASURES}
+    return table
+
+
+def interval(values: torch.Tensor) -> torch.Tensor:
+    """(n,) per-image values -> (2,): mean and 1.96 standard errors (0 for a single value)."""
+    values = values.double().reshape(-1)
+    half = 1.96 * values.std() / len(values) ** 0.5 if len(values) > 1 else torch.tensor(0.0, dtype=torch.float64)
+    return torch.stack([values.mean(), half])
+
+
+def beats(table: dict[str, dict[str, torch.Tensor]], method: str, measure: str,
+          baselines: Sequence[str] = ("brightness", "edges")) -> bool:
+    """Whether ``method``'s interval on a faithfulness ``measure`` lies wholly on the better side of each baseline's."""
+    sign = BETTER[measure]
+    mean, half = table[method][measure].tolist()
+    return all(sign * (mean - table[b][measure][0]) > half + float(table[b][measure][1]) for b in baselines)
+
+
+def faithful_methods(table: dict[str, dict[str, torch.Tensor]]) -> dict[str, list[str]]:
+    """{measure: methods that beat both the brightness and the edges baseline by more than the intervals}."""
+    models = [m for m in table if m not in BASELINES]
+    return {measure: [m for m in models if beats(table, m, measure)] for measure in BETTER}
+
+
+def save_ranking(table: dict[str, dict[str, torch.Tensor]], path: str | os.PathLike, notes: dict) -> Path:
+    """Write the table as JSON: {method: {measure: [mean, half-width]}} and ``notes`` (how it was made)."""
+    record = {"notes": notes, "torch": torch.__version__,
+              "table": {m: {k: [round(float(v), 6) for v in pair] for k, pair in row.items()} for m, row in table.items()}}
+    path = Path(path)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+SHIPPED_RANKING = "explanations_digits.json"
+
+
+def load_ranking(path: str | os.PathLike | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """The table of :func:`save_ranking` (default: the one shipped for the digits ViT) and its notes."""
+    from .images import data_dir
+
+    path = Path(path) if path is not None else data_dir() / SHIPPED_RANKING
+    try:
+        record = json.loads(path.read_text())
+        table = {m: {k: torch.tensor(pair, dtype=torch.float64) for k, pair in row.items()}
+                 for m, row in record["table"].items()}
+        return table, record["notes"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise VitInspectError(f"{path}: not a ranking table written by save_ranking ({err})") from None
+
+
+def format_ranking(table: dict[str, dict[str, torch.Tensor]]) -> str:
+    """The table as aligned text, one row per method, "mean +- half-width" per measure, faithfulness
+    measures marked * where the method beats both the brightness and the edges baseline."""
+    header = f"{'method':<22}" + "".join(f"{name:>17}" for name in MEASURES)
+    lines = [header, "-" * len(header)]
+    for method, row in table.items():
+        cells = []
+        for measure in MEASURES:
+            mean, half = row[measure].tolist()
+            star = "*" if measure in BETTER and method not in BASELINES and beats(table, method, measure) else " "
+            cells.append(f"{mean:>9.3f} +-{half:5.3f}{star}" if measure != "seconds" else f"{mean * 1e3:>13.2f} ms ")
+        lines.append(f"{method:<22}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def perturbation_areas(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, method: str,
+                       seeds: Sequence[int] = (0,), fill: str | torch.Tensor = "mean") -> dict[str, torch.Tensor]:
+    """Deletion and insertion areas per image (B,) of ``method``'s maps, averaged over ``seeds``
+    (only the random baseline depends on them), as the ranking table computes them."""
+    runs = []
+    for seed in seeds:
+        maps = explain(model, images, method, labels, seed=seed)  # (B, gh, gw)
+        runs.append({k: curve_area(c) for k, c in perturbation_curves(model, images, maps, labels, fill=fill).items()})
+    return {key: torch.stack([run[key] for run in runs]).mean(dim=0) for key in runs[0]}  # (B,) each
