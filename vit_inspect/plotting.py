@@ -789,3 +789,26 @@ def figure_bytes(fig: Figure, format: str = "png") -> bytes:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return image_bytes(Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()), format)
+
+
+# ---------------- 12 explanations
+
+
+def plot_explanations(crops: Sequence[Image.Image], maps: dict[str, torch.Tensor], *, trained: bool,
+                      weight_free: Sequence[str] = (), size: float = 1.9, title: str = "") -> Figure:
+    """One row per image, one column per method: each (B, gh, gw) map over its crop.
+
+    A column shares one colour scale, 0 to the column's maximum, with its colour bar under
+    the last row; methods in ``weight_free`` (baselines that never read the weights) are
+    not labelled untrained.
+    """
+    rows, cols = len(crops), len(maps)
+    fig, axes = new_axes(rows, cols, size=size)
+    for col, (method, heat) in enumerate(maps.items()):
+        vmax = float(heat.max())
+        for row, crop in enumerate(crops):
+            plot_heatmap_overlay(crop, heat[row], trained=trained or method in weight_free, vmax=vmax,
+                                 colorbar=row == rows - 1, label="importance", ax=axes[row, col],
+                                 title=method if row == 0 else "")
+    label_figure(fig, title or "explanations, one colour scale per column", trained)
+    return fig
