@@ -10,10 +10,11 @@ from PIL import Image
 
 from vit_inspect import capture, explorer, preprocess, sample_images
 from vit_inspect import attention_explorer, plotting
-from vit_inspect.attention_explorer import (ALL_HEADS, PATCH_QUERY, SIZES, image_from_bytes, prefix_share, query_maps,
-                                            share_note, uploaded_files, weights_warning)
+from vit_inspect.attention_explorer import (ALL_HEADS, PATCH_QUERY, QUERY_ATTENTION, SIZES, image_from_bytes,
+                                            prefix_share, query_maps, share_note, uploaded_files, weights_warning)
 from vit_inspect.attention_maps import attention_rollout, rollout_to_grid
 from vit_inspect.errors import ImageError, VitInspectError
+from vit_inspect.explanations import explain
 from vit_inspect.plotting import draw_head_panels, plot_head_panels
 from tests.mutation import fails, passes
 from vit_inspect.weights import Provenance
@@ -332,6 +333,36 @@ def test_rollout_fusion_and_discard_ratio_redraw_the_summary_without_a_forward_p
     assert demo.summary.value != summary and forwards[0] == 0
     title = demo.summary_figure.axes[0].get_title()
     assert "heads: max, discard 50%" in title and "UNTRAINED" in title
+
+
+def test_the_methods_menu_explains_once_per_image_method_and_class_then_redraws_without_a_forward_pass(
+        model, forwards, photos):
+    demo = explorer((model, TRAINED), images=photos)
+    top, second = (value for _, value in demo.target.options[:2])
+    forwards[0] = 0
+    demo.method.value = "input_x_gradient"  # a gradient method: the model runs forwards and backwards once
+    assert forwards[0] >= 1 and demo.explained == 1 and demo.drawn.method == "input_x_gradient"
+    with torch.no_grad():
+        pixels = preprocess(photos["rgb"], model).tensor
+    expected = {target: explain(model, pixels, "input_x_gradient", target)[0] for target in (top, second)}
+    torch.testing.assert_close(demo.drawn.maps[0], expected[top])
+    assert demo.drawn.target == top and f"input_x_gradient for class {demo.target.options[0][0]}" in demo.drawn.title
+    forwards[0] = 0
+    demo.layer.value, demo.opacity.value, demo.size.value, demo.scale.value = 3, 0.8, "small", "per panel"
+    assert forwards[0] == 0 and demo.explained == 1, "a redraw of an explanation runs no forward pass"
+    demo.target.value = second  # another class: computed once
+    torch.testing.assert_close(demo.drawn.maps[0], expected[second])
+    assert demo.explained == 2
+    forwards[0] = 0
+    demo.target.value = top
+    demo.method.value = QUERY_ATTENTION
+    demo.method.value = "input_x_gradient"
+    demo.target.value = second
+    assert forwards[0] == 0 and demo.explained == 2, "cached per image, method and class"
+    demo.compare.value = "image"  # image B: one capture and one explanation, then one scale for both
+    assert demo.drawn.maps.shape == (2, 14, 14) and len(set(demo.drawn.vmax)) == 2, "per-panel scale still chosen"
+    demo.scale.value = "shared"
+    assert len(set(demo.drawn.vmax)) == 1 and demo.explained == 3 and demo.captures == 2
 
 
 _PICKER_PAGE = """<!DOCTYPE html>

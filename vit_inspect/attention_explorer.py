@@ -11,10 +11,16 @@ per head, the class token's attention rollout and the top-5 classes:
   ("31% on [CLS]"), which the patch map cannot show;
 - one colour scale shared by all panels (default) or one per panel, stated in the title;
 - for the back of the room: a size control, the overlay's opacity; the rollout's head
-  fusion and discard ratio.
+  fusion and discard ratio;
+- a methods menu: instead of the query's attention, one of
+  :func:`~vit_inspect.explanations.explain`'s maps (attention, rollout, Chefer, Grad-CAM,
+  input x gradient, integrated gradients, the brightness / edges / random baselines) for a
+  class of the image's top-5.
 
 One forward pass (:func:`~vit_inspect.recorder.capture`) per image, cached: every other
-control only redraws from the cached (L, H, N, N) attention.
+control only redraws from the cached (L, H, N, N) attention. An explanation map is
+computed once per image, method and class (the gradient methods run the model forwards and
+backwards then) and cached, so that redrawing it costs no forward pass either.
 
 The click and the keys come from a small anywidget: an ``<img>`` whose click the browser
 turns into a patch (row, col) from the picture's displayed size, and whose arrow keys
@@ -42,6 +48,8 @@ from torch import nn
 
 from .attention_maps import HEAD_FUSIONS, attention_rollout, rollout_to_grid
 from .errors import ImageError, VitInspectError
+from .explanations import METHODS as EXPLANATION_METHODS
+from .explanations import explain
 from .images import load_image, preprocess, sample_images
 from .labels import TopK, top_k
 from .model_info import DEFAULT_MODEL, grid_size_of, num_prefix_tokens_of, token_index, tokens_to_grid
@@ -59,6 +67,7 @@ DEFAULT_SIZE = "large"  # readable from the back of a lecture hall
 PLAY_SPEEDS = {"slow: 2 s a block": 2000, "1 s a block": 1000, "fast: 0.4 s a block": 400}
 SCALES = {"one scale for all panels": "shared", "a scale per panel": "per panel"}
 COMPARE = {"one view": "off", "two images": "image", "two layers": "layer"}
+QUERY_ATTENTION = "query attention"  # the methods menu's first entry: the query's attention per head
 PICKER_PATCH_PX = 24  # pixels per patch in the picture one clicks on
 
 
@@ -70,13 +79,14 @@ class ImageAnalysis(NamedTuple):
     crop: Image.Image          # the H x W input the model saw
     attention: torch.Tensor    # (L, H, N, N): every layer's attention
     topk: TopK                 # the top-5 classes
+    pixels: torch.Tensor       # (1, 3, H, W): the normalised input, for the explanation methods
 
 
 def analyse_image(model: nn.Module, image: ImageSource) -> ImageAnalysis:
-    """Run ``model`` once on ``image``: crop, every layer's attention (L, H, N, N), top-5."""
+    """Run ``model`` once on ``image``: crop, every layer's attention (L, H, N, N), top-5, the input."""
     pre = preprocess(image, model)
     out = capture(model, pre.tensor)  # logits (1, C), attention (1, L, H, N, N)
-    return ImageAnalysis(pre.crop, out["attention"][0], top_k(out["logits"]))
+    return ImageAnalysis(pre.crop, out["attention"][0], top_k(out["logits"]), pre.tensor)
 
 
 def class_token_rollout(attention: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int,
@@ -229,6 +239,8 @@ class Drawn(NamedTuple):
     vmax: list[float]                     # each panel's colour-scale top (all equal on the shared scale)
     views: list[tuple[str, int]]          # (image, layer) of view A and, when comparing, view B
     title: str
+    method: str = QUERY_ATTENTION         # or an explain() method, whose maps are (K, gh, gw) too
+    target: int | None = None             # the class an explanation is for
 
 
 class AttentionExplorer:
@@ -246,7 +258,8 @@ class AttentionExplorer:
         self.prefix_names = prefix_names(model)
         self.warning = weights_warning(provenance)
         self.cache: OrderedDict[str, ImageAnalysis] = OrderedDict()
-        self.captures = self.redraws = 0
+        self.explanations: dict[tuple[str, str, int], torch.Tensor] = {}  # (image, method, class) -> (gh, gw)
+        self.captures = self.redraws = self.explained = 0
         self.drawn: Drawn | None = None
         self._holding = False
         self._picker_shows: tuple[str, tuple[int, int] | None] | None = None  # (image, query cell) on the picker
@@ -266,6 +279,7 @@ class AttentionExplorer:
             row([self.image, self.upload, self.compare, self.image_b, self.layer_b]),
             row([self.layer, self.play, self.speed, self.head]),
             row([self.query, self.row, self.col]),
+            row([self.method, self.target]),
             row([self.scale, self.size, self.opacity, self.fusion, self.discard]),
             self.status, row([self.picker, self.view]), self.summary])
 
@@ -305,6 +319,9 @@ class AttentionExplorer:
                                        style=wide)
         self.discard = widgets.FloatSlider(0.0, min=0.0, max=0.95, step=0.05, description="discard ratio",
                                            style=wide)
+        methods = [("attention of the query, per head", QUERY_ATTENTION)] + [(m, m) for m in EXPLANATION_METHODS]
+        self.method = widgets.Dropdown(options=methods, value=QUERY_ATTENTION, description="method", style=wide)
+        self.target = widgets.Dropdown(options=[], description="explained class", style=wide)
 
     def _build_outputs(self) -> None:
         self.view = widgets.Image(format="png", layout=widgets.Layout(flex="1 1 0%", min_width="0",  # PNG: sharp text
@@ -318,7 +335,7 @@ class AttentionExplorer:
         widgets.link((self.play, "value"), (self.layer, "value"))
         widgets.link((self.speed, "value"), (self.play, "interval"))
         for control in (self.layer, self.head, self.query, self.compare, self.image_b, self.layer_b,
-                        self.scale, self.size, self.opacity):
+                        self.scale, self.size, self.opacity, self.method, self.target):
             control.observe(lambda change: self._changed(), "value")
         for control in (self.row, self.col):
             control.observe(lambda change: self._patch_moved(), "value")
@@ -341,7 +358,19 @@ class AttentionExplorer:
             return
         label = self.provenance.label if self.provenance else "weights not loaded through load_vit"
         self._say(f"{name} - {label}")
+        self._offer_classes(name)
         self._changed()
+
+    def _offer_classes(self, name: str) -> None:
+        """The explained-class menu: image ``name``'s top-5, its top class chosen."""
+        topk = self.analysis_of(name).topk
+        options = [(f"{label} ({index})", index) for label, index in zip(topk.names[0], topk.indices[0].tolist())]
+        self._holding = True
+        try:
+            self.target.options = options
+            self.target.value = options[0][1]
+        finally:
+            self._holding = False
 
     def _summarise(self, name: str) -> None:
         """The rollout (with the chosen head fusion and discard ratio) and the top-5 of image ``name``."""
@@ -444,8 +473,20 @@ class AttentionExplorer:
         cell = (self.row.value, self.col.value)
         return token_index(*cell, self.grid, self.prefix), cell
 
+    def explanation_of(self, name: str) -> torch.Tensor:
+        """The chosen method's map (gh, gw) of image ``name`` for the chosen class, computed once and cached."""
+        key = (name, self.method.value, self.target.value)
+        if key not in self.explanations:
+            pixels = self.analysis_of(name).pixels  # (1, 3, H, W)
+            self.explanations[key] = explain(self.model, pixels, self.method.value, self.target.value)[0]  # (gh, gw)
+            self.explained += 1
+        return self.explanations[key]
+
     def redraw(self) -> None:
-        """Draw the current views / head / query from the cache: no forward pass."""
+        """Draw the current views / head / query (or method and class) from the caches: no forward pass."""
+        if self.method.value != QUERY_ATTENTION:
+            self._redraw_explanation()
+            return
         views, (token, cell) = self.views(), self.query_token()
         head = None if self.head.value == ALL_HEADS else self.head.value
         rows = torch.cat([query_rows(self.analysis_of(name).attention, layer, token, head)
@@ -488,6 +529,31 @@ class AttentionExplorer:
         scale = ("one colour scale for all panels, 0 to the largest weight" if self.scale.value == "shared"
                  else "each panel on its own colour scale, 0 to its largest weight")
         return f"{what}\n{scale}"
+
+    def _redraw_explanation(self) -> None:
+        """One panel per image (two when comparing images) of the chosen method's map, on one scale by default."""
+        views, (token, cell) = self.views(), self.query_token()
+        names = [views[0][0]] + ([views[1][0]] if self.compare.value == "image" else [])
+        maps = torch.stack([self.explanation_of(name) for name in names])  # (K, gh, gw)
+        _, one_px, font_size = SIZES[self.size.value]
+        vmax = None if self.scale.value == "shared" else maps.flatten(1).amax(dim=1).tolist()
+        title = self._explanation_title(names)
+        self.panels = draw_head_panels([self.analysis_of(name).crop for name in names], maps, None, names,
+                                       title=title, warning=self.warning, panel_px=one_px, ncols=2,
+                                       alpha=self.opacity.value, vmax=vmax, font_size=font_size)
+        self.view.value = image_bytes(self.panels.picture, "png")
+        self._show_picker(names[0], cell)
+        share = torch.full((len(names),), float("nan"))  # (K,): no query, no share on the prefix tokens
+        self.drawn = Drawn(names[0], views[0][1], None, token, cell, maps, share, self.panels.vmax,
+                           [(name, views[0][1]) for name in names], title, self.method.value, self.target.value)
+        self.redraws += 1
+
+    def _explanation_title(self, names: list[str]) -> str:
+        label = next(text for text, value in self.target.options if value == self.target.value)
+        scale = ("one colour scale for all panels, 0 to the largest value" if self.scale.value == "shared"
+                 else "each panel on its own colour scale, 0 to its largest value")
+        return (f"{' | '.join(names)}: {self.method.value} for class {label}\n"
+                f"(layer, head and query do not apply to this method); {scale}")
 
     def _show_picker(self, name: str, cell: tuple[int, int] | None) -> None:
         """The picture to click on, drawn again only when the image or the query patch changed."""
