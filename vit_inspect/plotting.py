@@ -616,14 +616,24 @@ def panel_scales(maps: torch.Tensor, vmax: float | Sequence[float] | None = None
     return [max(top, 1e-12) for top in tops]
 
 
+_RESIZED: dict[tuple[int, tuple[int, int]], tuple[Image.Image, np.ndarray]] = {}  # the explorer's few crops
+
+
+def _resized(picture: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """``picture`` resized to ``size`` as (h, w, 3) floats in [0, 1], kept for the next redraw of the same crop."""
+    key = (id(picture), size)
+    kept = _RESIZED.get(key)
+    if kept is None or kept[0] is not picture:  # the picture itself is kept, so its id cannot be reused
+        if len(_RESIZED) >= 16:
+            _RESIZED.pop(next(iter(_RESIZED)))
+        kept = _RESIZED[key] = (picture, np.asarray(picture.resize(size, Image.BICUBIC), dtype=np.float32) / 255)
+    return kept[1]
+
+
 def _panel_bases(crop: Image.Image | Sequence[Image.Image], K: int, size: tuple[int, int]) -> list[np.ndarray]:
-    """Each panel's picture (h, w, 3) in [0, 1]: one crop for all, or one crop per panel (resized once each)."""
+    """Each panel's picture (h, w, 3) in [0, 1]: one crop for all, or one crop per panel."""
     crops = [crop] * K if isinstance(crop, Image.Image) else list(crop)
-    resized: dict[int, np.ndarray] = {}
-    for picture in crops:
-        if id(picture) not in resized:
-            resized[id(picture)] = np.asarray(picture.resize(size, Image.BICUBIC), dtype=np.float32) / 255
-    return [resized[id(picture)] for picture in crops]
+    return [_resized(picture, size) for picture in crops]
 
 
 def draw_head_panels(crop: Image.Image | Sequence[Image.Image], maps: torch.Tensor,
