@@ -46,8 +46,10 @@ train: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m vit_inspect train --dataset digits --out $(TRAIN_OUT) --ablations $(ABLATIONS_OUT) --force
 
 ## make slides / make html: the notebooks, executed, as reveal.js slides or web pages with an index.
+## Self-contained: reveal.js, require.js, jQuery and MathJax are copied from installed packages into
+## $(SLIDES_OUT)/lib (or $(HTML_OUT)/lib), so the pages need no network. EXPORT_ARGS=--cdn loads them from CDNs.
 ## They refuse a non-empty folder that no export made: FORCE=1 writes into it anyway.
-## EXPORT_ARGS="--reveal-prefix DIR --require-js FILE --jquery FILE": local copies instead of nbconvert's CDNs.
+## EXPORT_ARGS="--reveal-prefix DIR --require-js FILE --jquery FILE": other copies of those scripts.
 ## NOTEBOOKS="notebooks/03_attention_by_hand.ipynb ..." exports only those (default: all, in order).
 SLIDES_OUT ?= build/slides
 HTML_OUT   ?= build/html

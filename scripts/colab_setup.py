@@ -11,6 +11,9 @@ address (a fork, a course's copy) is: edit pyproject.toml, run this script.
   install is only picked up when Python starts) - together with the packages the
   notebook's imports cell needs beyond vit-inspect's own dependencies. On a machine where
   vit-inspect is installed it does nothing and prints nothing.
+- A notebook whose metadata says ``{"vit_inspect": {"colab_widgets": true}}`` (the explorer,
+  notebook 10) shows third-party widgets, which Colab draws only through its custom widget
+  manager: its setup cell also switches that on, on Colab only.
 
     python scripts/colab_setup.py notebooks/*.ipynb                  # write badges and setup cells
     python scripts/colab_setup.py --readme README.md --readme docs/install.md notebooks/*.ipynb
@@ -177,8 +180,25 @@ def extra_packages(notebook: nbformat.NotebookNode, name: str) -> list[str]:
     return sorted(extras)
 
 
-def setup_cell_source(repository: str, packages: list[str], extras: list[str] = ()) -> str:
-    """The setup cell: installs only on Colab or where vit_inspect is missing; silent otherwise."""
+COLAB_WIDGETS = "colab_widgets"  # notebook.metadata["vit_inspect"][COLAB_WIDGETS]: it shows third-party widgets
+_WIDGET_MANAGER = (
+    "\n\n"
+    'if "google.colab" in sys.modules:  # third-party widgets (the clickable picture) need Colab\'s own manager\n'
+    "    from google.colab import output\n"
+    "    output.enable_custom_widget_manager()")
+
+
+def needs_custom_widgets(notebook: nbformat.NotebookNode) -> bool:
+    """Whether the notebook's metadata asks for Colab's custom widget manager."""
+    return bool(notebook.get("metadata", {}).get("vit_inspect", {}).get(COLAB_WIDGETS))
+
+
+def setup_cell_source(repository: str, packages: list[str], extras: list[str] = (),
+                      custom_widgets: bool = False) -> str:
+    """The setup cell: installs only on Colab or where vit_inspect is missing; silent otherwise.
+
+    ``custom_widgets``: on Colab, also enable its custom widget manager (a no-op elsewhere).
+    """
     spec = ", ".join(f'"{item}"' for item in [install_spec(repository, extras), *packages])
     return (
         "# Colab setup: on Colab, or wherever vit-inspect is missing, install it (and what this notebook needs)\n"
@@ -190,7 +210,8 @@ def setup_cell_source(repository: str, packages: list[str], extras: list[str] = 
         'if "google.colab" in sys.modules or importlib.util.find_spec("vit_inspect") is None:\n'
         '    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",\n'
         f"                    {spec}], check=True)\n"
-        "    importlib.invalidate_caches()  # a plain install is importable at once, no restart needed")
+        "    importlib.invalidate_caches()  # a plain install is importable at once, no restart needed"
+        + (_WIDGET_MANAGER if custom_widgets else ""))
 
 
 def setup_index(notebook: nbformat.NotebookNode) -> int | None:
@@ -217,7 +238,8 @@ def with_colab(notebook: nbformat.NotebookNode, path_in_repo: str | None, reposi
     if intro.cell_type != "markdown":
         raise SystemExit(f"{name}: the first cell must be the markdown title cell")
     intro.source = with_badge(intro.source, None if path_in_repo is None else colab_url(repository, path_in_repo))
-    source = setup_cell_source(repository, extra_packages(notebook, name), vit_inspect_extras(notebook))
+    source = setup_cell_source(repository, extra_packages(notebook, name), vit_inspect_extras(notebook),
+                               needs_custom_widgets(notebook))
     index = setup_index(notebook)
     if index is None:
         cell = nbformat.v4.new_code_cell(source, metadata={"tags": [SETUP_TAG]})

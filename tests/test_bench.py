@@ -36,3 +36,13 @@ def test_many_image_figure_takes_turns_batch_by_batch_and_sums_each_pass():
                      ("b", 1), ("a", 1), ("a", 2), ("b", 2), ("b", 3), ("a", 3)]
     assert {name: len(seconds) for name, seconds in times.items()} == {"a": 2, "b": 2}
     assert all(seconds > 0 for per_pass in times.values() for seconds in per_pass)
+
+
+def test_bench_explorer_times_two_views_side_by_side_without_forward_passes(tiny, capsys):
+    import copy
+
+    from vit_inspect.bench import bench_explorer_two_views
+    bench_explorer_two_views(copy.deepcopy(tiny), "vit_tiny_patch16_224", changes=3)  # asserts 2 captures only
+    out = capsys.readouterr().out
+    for label in ("two images, one head", "two images, all heads", "two layers, one head", "two layers, all heads"):
+        assert f"redraw, {label}" in out, out

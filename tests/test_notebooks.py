@@ -159,9 +159,30 @@ def test_colab_setup_leaves_guarded_imports_and_installs_the_extras_a_notebook_r
     assert colab_setup.imported_modules("try:\n    import numpy\nexcept KeyError:\n    pass") == ["numpy"]
 
 
-def test_notebook_10_keeps_colabs_widget_manager_after_the_setup_cell():
-    cells = nbformat.read(ROOT / "notebooks" / "10_attention_explorer.ipynb", as_version=4).cells
-    assert SETUP_TAG in cells[1].metadata.get("tags", []) and "enable_custom_widget_manager()" in cells[2].source
+def test_notebook_10_enables_colabs_widget_manager_in_its_setup_cell_and_rerunning_the_script_keeps_it():
+    notebook = nbformat.read(ROOT / "notebooks" / "10_attention_explorer.ipynb", as_version=4)
+    assert colab_setup.needs_custom_widgets(notebook), "notebook 10's metadata asks for the widget manager"
+    setup = notebook.cells[1]
+    assert SETUP_TAG in setup.metadata.get("tags", []) and "enable_custom_widget_manager()" in setup.source
+    again = colab_setup.with_colab(notebook, None, "https://github.com/someone/fork").cells[1].source
+    assert "output.enable_custom_widget_manager()" in again, "re-running scripts/colab_setup.py keeps the line"
+    notebook.metadata["vit_inspect"].pop(colab_setup.COLAB_WIDGETS)
+    plain = colab_setup.with_colab(notebook, None, "https://github.com/someone/fork").cells[1].source
+    assert "enable_custom_widget_manager" not in plain, "only notebooks that ask for it get it"
+
+
+def test_the_widget_manager_line_runs_on_colab_only(monkeypatch):
+    source = colab_setup.setup_cell_source("https://github.com/someone/fork", [], custom_widgets=True)
+    enabled = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: None)
+    colab = types.ModuleType("google.colab")
+    colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: enabled.append(True))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    exec(compile(source, "setup cell", "exec"), {})
+    assert enabled == [True], "on Colab the custom widget manager is switched on"
+    monkeypatch.delitem(sys.modules, "google.colab")
+    exec(compile(source, "setup cell", "exec"), {})
+    assert enabled == [True], "outside Colab the line does nothing"
 
 
 def test_readme_and_docs_colab_links_follow_pyproject():

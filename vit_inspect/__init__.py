@@ -61,6 +61,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                  "curve_area", "rank_correlation", "randomise_top_blocks", "randomised_maps", "randomisation_curves",
                  "run_ablations", "digits_writers"),
     "attention_explorer": ("explorer",),
+    "explanations": ("METHODS", "explain"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 
 from .attention_maps import analyse_attention, attention_rollout, mean_attention_distance, reusable
+from .explanations import METHODS as EXPLAIN_METHODS
+from .explanations import explain, untouched
 from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
 from .recorder import capture, fused_attention
 from .weights import create_untrained
@@ -65,9 +67,12 @@ def plain_reference(times: dict[str, list[float]]) -> str:
 
 
 def ratio_line(label: str, numerator: list[float], denominator: list[float]) -> str:
+    """Median of the per-round ratios; also the ratio of the minimum times (the least disturbed run of
+    each) and the interquartile interval of the per-round ratios, which show how far the median can be trusted."""
     ratios = [a / b for a, b in zip(numerator, denominator)]
-    return (f"  {label:<44} {statistics.median(ratios):5.3f}x  "
-            f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} pairs)")
+    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return (f"  {label:<44} {statistics.median(ratios):5.3f}x  (min-time ratio {min(numerator) / min(denominator):.3f}; "
+            f"middle half {low:.3f}-{high:.3f}, min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} pairs)")
 
 
 def batchwise(candidates: dict[str, Callable[[torch.Tensor], object]], batches: list[torch.Tensor],
@@ -202,6 +207,30 @@ def bench_explorer(model: nn.Module, model_name: str, changes: int = 24, rounds:
     assert demo.captures == 1 + len(new_image), "a redraw ran a forward pass"
 
 
+def bench_explorer_two_views(model: nn.Module, model_name: str, changes: int = 24) -> None:
+    """The explorer comparing two images, and two layers, side by side on one scale: a redraw after a change.
+
+    Absolute times against the same target as one view: both images' attention is cached,
+    so a change redraws twice the panels and runs no forward pass.
+    """
+    from .attention_explorer import ALL_HEADS, explorer
+    from .weights import Provenance
+
+    demo = explorer((model, Provenance(model_name, "random", False, None, 0)))
+    print(f"\nattention explorer, two views side by side, {model_name} (target: a redraw after a change <= "
+          f"{EXPLORER_REDRAW_TARGET_S * 1000:.0f} ms; absolute times)")
+    for compare, label in (("image", "two images"), ("layer", "two layers")):
+        demo.compare.value = compare
+        for head_label, head in (("one head", 0), ("all heads", ALL_HEADS)):
+            demo.head.value = head
+            seconds = [timed(lambda i=i: _explorer_change(demo, i)) for i in range(changes)]
+            median = statistics.median(seconds)
+            verdict = "met" if median <= EXPLORER_REDRAW_TARGET_S else "NOT met"
+            print(f"  redraw, {label}, {head_label:<10}         {median * 1000:6.0f} ms median "
+                  f"(min {min(seconds) * 1000:.0f}, max {max(seconds) * 1000:.0f}, {len(seconds)} changes): {verdict}")
+    assert demo.captures == 2, "a redraw ran a forward pass"
+
+
 def _explorer_change(demo, step: int) -> None:
     """One change as a lecturer makes them: layer, query by slider, query by click, in turn."""
     gh, gw = demo.grid
@@ -301,6 +330,50 @@ def bench_memory(batch: int, model_name: str) -> None:
         print(f"  {kind:<44} +{growth:6.0f} MiB (peak {probe['peak_kib'] / 1024:.0f} MiB){caveat}")
 
 
+# ---------------------------------------------------------------- 12 explanations
+
+EXPLAIN_IG_STEPS = 8
+
+
+def forward_backward(model: nn.Module, fused: bool) -> Callable[[torch.Tensor], None]:
+    """One forward and one backward pass to the input (parameters frozen, as ``explain`` runs them)."""
+    def run(images: torch.Tensor) -> None:
+        with untouched(model), fused_attention(model, enabled=fused):
+            pixels = images.detach().requires_grad_(True)
+            torch.autograd.grad(model(pixels)[:, 0].sum(), pixels)
+    return run
+
+
+def bench_explanations(model: nn.Module, batch: int, rounds: int) -> None:
+    """Each method of ``explain`` on a batch, as a ratio to what it must at least cost.
+
+    References: a plain forward (unfused attention where the method needs the attention
+    matrix, fused otherwise) and a forward + backward to the input; integrated gradients per
+    path point.
+    """
+    images = torch.randn(batch, 3, *model.patch_embed.img_size)
+    target = torch.zeros(batch, dtype=torch.long)
+    references = {**plain_forwards(model), "fwd+bwd fused": forward_backward(model, True),
+                  "fwd+bwd unfused": forward_backward(model, False)}
+    methods = {m: functools.partial(explain, model, method=m, target=target, ig_steps=EXPLAIN_IG_STEPS)
+               for m in EXPLAIN_METHODS}
+    candidates = {name: functools.partial(run, images) for name, run in {**references, **methods}.items()}
+    times = interleaved(candidates, rounds)
+    print(f"\nexplain(model, images, method) for a batch of {batch}, integrated gradients with "
+          f"{EXPLAIN_IG_STEPS} path points (reference medians: fused forward "
+          f"{statistics.median(times['plain fused']):.3f} s, fused forward + backward "
+          f"{statistics.median(times['fwd+bwd fused']):.3f} s)")
+    reference_of = {"attention": "plain unfused", "rollout": "plain unfused", "chefer": "fwd+bwd unfused",
+                    "gradcam": "fwd+bwd fused", "input_x_gradient": "fwd+bwd fused"}
+    for method in EXPLAIN_METHODS:
+        reference = reference_of.get(method, "plain fused")
+        if method == "integrated_gradients":
+            per_step = [t / EXPLAIN_IG_STEPS for t in times[method]]
+            print(ratio_line("integrated gradients, per path point / fwd+bwd", per_step, times["fwd+bwd fused"]))
+            continue
+        print(ratio_line(f"{method} / {reference}", times[method], times[reference]))
+
+
 def print_header(model_name: str) -> None:
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"vit-inspect benchmark, {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
@@ -312,7 +385,8 @@ def print_header(model_name: str) -> None:
           "ratios measured side by side are reported")
 
 
-SECTIONS = ("capture-batch-1", "capture-batch-N", "analyses", "memory", "explorer")
+SECTIONS = ("capture-batch-1", "capture-batch-N", "analyses", "memory", "explorer", "explorer-two-views",
+            "explanations")
 MEMORY_KINDS = ("plain fused", "capture", "AttentionExtract", "streamed analyses", "full-tensor analyses")
 
 
@@ -328,6 +402,10 @@ def run_section(section: str, args: argparse.Namespace) -> None:
         bench_gflops(model, bench_capture(model, args.batch, args.pairs), args.batch, args.pairs)
     elif section == "explorer":
         bench_explorer(model, args.model)
+    elif section == "explorer-two-views":
+        bench_explorer_two_views(model, args.model)
+    elif section == "explanations":
+        bench_explanations(model, args.batch, args.pairs)
     else:
         bench_analyses(model, args.images, args.batch, args.pairs_images)
     sys.stdout.flush()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
+import zlib
 from functools import lru_cache
 from typing import NamedTuple, Sequence
 
@@ -623,13 +624,14 @@ def plot_randomisation_curves(curves: dict[str, torch.Tensor],
 
 
 # ---------------- 10 attention explorer
-# Drawn for a projector: large type, one colour bar per panel starting at 0, and a red
-# label on every panel when the weights are not known to be trained. The head panels are
-# drawn with numpy and Pillow (no matplotlib layout or resampling), so a redraw stays fast.
+# Drawn for a projector: large type, one colour bar per panel starting at 0, compared
+# panels on one shared scale unless asked otherwise, and a red label on every panel when
+# the weights are not known to be trained. The head panels are drawn with numpy and Pillow
+# (no matplotlib layout or resampling), so a redraw stays fast.
 
 EXPLORER_FONT_SIZE = 16
 EXPLORER_DPI = 72
-_STRIP_PX, _LABEL_PX, _TITLE_PX, _GAP_PX, _MARGIN_PX = 14, 70, 30, 6, 8
+_STRIP_PX, _GAP_PX, _MARGIN_PX = 14, 6, 8
 _RED, _BLACK, _CYAN = (214, 0, 0), (0, 0, 0), (0, 255, 255)
 
 
@@ -637,60 +639,122 @@ class HeadPanels(NamedTuple):
     picture: Image.Image              # RGB, one pixel per screen pixel
     origins: list[tuple[int, int]]    # (x, y) pixel of each panel's top-left corner
     patch_px: int                     # pixels per patch side in a panel
+    vmax: list[float]                 # the top of each panel's colour scale (the bottom is 0)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.FreeTypeFont:
     """Matplotlib's own DejaVu Sans, so the pictures need no system fonts."""
     return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
 
 
-def draw_head_panels(crop: Image.Image, maps: torch.Tensor, query_cell: tuple[int, int] | None,
-                     heads: Sequence[int], title: str = "", warning: str | None = None,
-                     panel_px: int = 224, ncols: int = 4, cmap: str = "inferno", alpha: float = 0.55) -> HeadPanels:
-    """One panel per map (K, gh, gw) over the crop, each with its own colour bar from 0 to its maximum.
+def panel_scales(maps: torch.Tensor, vmax: float | Sequence[float] | None = None) -> list[float]:
+    """The top of each panel's colour scale for maps (K, gh, gw): None shares the largest value of all
+    panels (compared panels, one scale), a number is used for every panel, a sequence is one per panel."""
+    K = maps.shape[0]
+    if vmax is None:
+        vmax = float(maps.max())
+    tops = [float(vmax)] * K if isinstance(vmax, (int, float)) else [float(v) for v in vmax]
+    if len(tops) != K:
+        raise ValueError(f"vmax: {len(tops)} values for {K} panels")
+    return [max(top, 1e-12) for top in tops]
 
-    ``heads`` names the panels ("head 3"); ``query_cell`` (row, col) is outlined in cyan (None:
-    the query is a prefix token); ``warning`` (e.g. "UNTRAINED") goes in red into every panel
-    title and the title. Drawn with numpy and Pillow, not matplotlib, so that the explorer
-    redraws all twelve heads well within its time budget; every patch is ``patch_px`` pixels.
+
+_RESIZED: dict[tuple[int, tuple[int, int]], tuple[Image.Image, np.ndarray]] = {}  # the explorer's few crops
+
+
+def _resized(picture: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """``picture`` resized to ``size`` as (h, w, 3) floats in [0, 1], kept for the next redraw of the same crop."""
+    key = (id(picture), size)
+    kept = _RESIZED.get(key)
+    if kept is None or kept[0] is not picture:  # the picture itself is kept, so its id cannot be reused
+        if len(_RESIZED) >= 16:
+            _RESIZED.pop(next(iter(_RESIZED)))
+        kept = _RESIZED[key] = (picture, np.asarray(picture.resize(size, Image.BICUBIC), dtype=np.float32) / 255)
+    return kept[1]
+
+
+def _panel_bases(crop: Image.Image | Sequence[Image.Image], K: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """Each panel's picture (h, w, 3) in [0, 1]: one crop for all, or one crop per panel."""
+    crops = [crop] * K if isinstance(crop, Image.Image) else list(crop)
+    return [_resized(picture, size) for picture in crops]
+
+
+def draw_head_panels(crop: Image.Image | Sequence[Image.Image], maps: torch.Tensor,
+                     query_cell: tuple[int, int] | None, heads: Sequence[int | str], title: str = "",
+                     warning: str | None = None, panel_px: int = 224, ncols: int = 4, cmap: str = "inferno",
+                     alpha: float = 0.55, vmax: float | Sequence[float] | None = None,
+                     notes: Sequence[str] | None = None, font_size: int = EXPLORER_FONT_SIZE) -> HeadPanels:
+    """One panel per map (K, gh, gw) over the crop (or one crop per panel), each with a colour bar from 0.
+
+    ``vmax``: None (default) puts every panel on one shared scale, 0 to the largest value of
+    all panels, so a near-uniform head looks pale next to a focused one; a sequence gives
+    each panel its own top (see :func:`panel_scales`). ``heads`` names the panels (an int
+    i: "head i"); ``notes`` adds a second line under each name (e.g. "31% on [CLS]");
+    ``query_cell`` (row, col) is outlined in cyan (None: the query is a prefix token);
+    ``warning`` (e.g. "UNTRAINED") goes in red into every panel title and the title. Drawn
+    with numpy and Pillow, not matplotlib, so that the explorer redraws all heads well
+    within its time budget.
     """
     K, gh, gw = maps.shape
     k = max(1, panel_px // max(gh, gw))
-    base = np.asarray(crop.resize((k * gw, k * gh), Image.BICUBIC), dtype=np.float32) / 255  # (h, w, 3)
-    h, w, _ = base.shape
+    h, w = k * gh, k * gw
+    bases = _panel_bases(crop, K, (w, h))
+    line, label_px = round(font_size * 1.25), round(font_size * 4.4)
+    name_px = line * (2 if notes else 1) + 6
     cols, rows = min(ncols, K), math.ceil(K / ncols)
-    cell_w, cell_h, top = w + _GAP_PX + _STRIP_PX + _LABEL_PX, _TITLE_PX + h + _GAP_PX, 2 * _TITLE_PX if title else 0
+    cell_w, cell_h, top = w + _GAP_PX + _STRIP_PX + label_px, name_px + h + _GAP_PX, _title_height(title, font_size)
     pixels = np.ones((top + rows * cell_h, _MARGIN_PX + cols * cell_w, 3), np.float32)  # (height, width, 3)
     lut = colormaps[cmap]
     strip = lut(np.linspace(1, 0, h))[:, None, :3].repeat(_STRIP_PX, axis=1)  # (h, strip, 3), maximum on top
-    origins = [(_MARGIN_PX + c * cell_w, top + r * cell_h + _TITLE_PX) for r, c in (divmod(i, cols) for i in range(K))]
-    values = _numpy(maps).astype(np.float32)  # (K, gh, gw)
-    for (x, y), heat in zip(origins, values):
-        colours = lut(heat / max(float(heat.max()), 1e-12))[..., :3]  # (gh, gw, 3), 0 -> bottom colour
+    origins = [(_MARGIN_PX + c * cell_w, top + r * cell_h + name_px) for r, c in (divmod(i, cols) for i in range(K))]
+    values, tops = _numpy(maps).astype(np.float32), panel_scales(maps, vmax)  # (K, gh, gw), K
+    for (x, y), heat, base, scale in zip(origins, values, bases, tops):
+        colours = lut(np.clip(heat / scale, 0, 1))[..., :3]  # (gh, gw, 3), 0 -> bottom colour
         colours = colours.repeat(k, axis=0).repeat(k, axis=1)  # (h, w, 3)
         pixels[y:y + h, x:x + w] = (1 - alpha) * base + alpha * colours
         pixels[y:y + h, x + w + _GAP_PX:x + w + _GAP_PX + _STRIP_PX] = strip
-    picture = Image.fromarray((pixels * 255).round().astype(np.uint8), mode="RGB")
-    draw = ImageDraw.Draw(picture)
-    _label_head_panels(draw, origins, values, heads, query_cell, (h, w, k), warning)
+    picture = Image.fromarray((pixels * 255 + 0.5).astype(np.uint8), mode="RGB")  # rounded, in one pass fewer
     if title:
-        draw.text((picture.width / 2, _TITLE_PX), f"{warning} - {title}" if warning else title,
-                  fill=_RED if warning else _BLACK, font=_font(EXPLORER_FONT_SIZE + 2), anchor="mm")
-    return HeadPanels(picture, origins, k)
+        picture = _with_title(picture, f"{warning} - {title}" if warning else title, font_size, top,
+                              _RED if warning else _BLACK)
+    draw = ImageDraw.Draw(picture)
+    names = [f"head {head}" if isinstance(head, int) else head for head in heads]
+    _label_head_panels(draw, origins, tops, names, notes, query_cell, (h, w, k), warning, font_size)
+    return HeadPanels(picture, origins, k, tops)
 
 
-def _label_head_panels(draw: ImageDraw.ImageDraw, origins: list[tuple[int, int]], values: np.ndarray,
-                       heads: Sequence[int], query_cell: tuple[int, int] | None, panel: tuple[int, int, int],
-                       warning: str | None) -> None:
-    """Panel titles, each colour strip's scale (0 at the bottom, the maximum on top), the query box."""
+def _title_height(title: str, font_size: int) -> int:
+    return (title.count("\n") + 1) * round(font_size * 1.4) + 10 if title else 0
+
+
+def _with_title(picture: Image.Image, title: str, font_size: int, top: int, colour: tuple) -> Image.Image:
+    """``title`` (one or more lines) centred in the top ``top`` pixels; the picture widened to fit it."""
+    font = _font(font_size + 2)
+    width = max(picture.width, max(int(font.getlength(text)) for text in title.split("\n")) + 2 * _MARGIN_PX)
+    if width > picture.width:  # a narrow one-head panel under a long title
+        wider = Image.new("RGB", (width, picture.height), (255, 255, 255))
+        wider.paste(picture, (0, 0))
+        picture = wider
+    ImageDraw.Draw(picture).multiline_text((width / 2, 4), title, fill=colour, font=font, anchor="ma",
+                                           align="center", spacing=round(font_size * 0.4))
+    return picture
+
+
+def _label_head_panels(draw: ImageDraw.ImageDraw, origins: list[tuple[int, int]], tops: list[float],
+                       names: Sequence[str], notes: Sequence[str] | None, query_cell: tuple[int, int] | None,
+                       panel: tuple[int, int, int], warning: str | None, font_size: int) -> None:
+    """Panel names (and notes), each colour strip's scale (0 at the bottom, its top value above), the query box."""
     h, w, k = panel
-    colour, font, small = (_RED if warning else _BLACK), _font(EXPLORER_FONT_SIZE), _font(EXPLORER_FONT_SIZE - 2)
-    for (x, y), heat, head in zip(origins, values, heads):
-        draw.text((x, y - 4), f"{warning} head {head}" if warning else f"head {head}", fill=colour, font=font,
-                  anchor="ld")
+    colour, font, small = (_RED if warning else _BLACK), _font(font_size), _font(font_size - 2)
+    line = round(font_size * 1.25)
+    for index, ((x, y), top, name) in enumerate(zip(origins, tops, names)):
+        name_y = y - 4 - (line if notes else 0)
+        draw.text((x, name_y), f"{warning} {name}" if warning else name, fill=colour, font=font, anchor="ld")
+        if notes:
+            draw.text((x, y - 4), notes[index], fill=colour, font=font, anchor="ld")
         label_x = x + w + _GAP_PX + _STRIP_PX + 4
-        draw.text((label_x, y), f"{float(heat.max()):.3g}", fill=_BLACK, font=small, anchor="lt")
+        draw.text((label_x, y), f"{top:.3g}", fill=_BLACK, font=small, anchor="lt")
         draw.text((label_x, y + h), "0", fill=_BLACK, font=small, anchor="ld")
         if query_cell is not None:
             row, col = query_cell
@@ -729,12 +793,13 @@ def plot_rollout_with_scale(crop: Image.Image, rollout_grid: torch.Tensor, ax: A
 
 
 def plot_explorer_summary(crop: Image.Image, rollout_grid: torch.Tensor, topk: TopK, image: int = 0,
-                          warning: str | None = None, title: str = "") -> Figure:
+                          warning: str | None = None, title: str = "",
+                          rollout_title: str = "class-token rollout") -> Figure:
     """What does not change with layer, head or query: the class token's rollout and the top-5."""
     with rc_context({"font.size": EXPLORER_FONT_SIZE}):
         fig = Figure(figsize=(13, 4.6), dpi=EXPLORER_DPI, layout="constrained")
         left, right = fig.subplots(1, 2, width_ratios=(1, 1.3))
-        plot_rollout_with_scale(crop, rollout_grid, ax=left, warning=warning)
+        plot_rollout_with_scale(crop, rollout_grid, ax=left, warning=warning, title=rollout_title)
         untrained = warning == "UNTRAINED"  # plot_top_k labels and watermarks that case itself
         other = warning if warning and not untrained else None
         plot_top_k(topk, image=image, trained=not untrained, ax=right, title=f"{other}\ntop-5" if other else "top-5")
@@ -763,12 +828,13 @@ def patch_picker_image(crop: Image.Image, grid: tuple[int, int], query_cell: tup
 
 
 def image_bytes(picture: Image.Image, format: str = "png", quality: int = 90) -> bytes:
-    """A picture as PNG or JPEG bytes for an image widget (PNG lightly compressed: speed over size)."""
+    """A picture as PNG or JPEG bytes for an image widget (PNG lightly compressed: speed over size;
+    zlib's run-length strategy encodes the flat patches of a heatmap about a quarter faster than the default)."""
     out = io.BytesIO()
     if format == "jpeg":
         picture.convert("RGB").save(out, format="JPEG", quality=quality)
     else:
-        picture.save(out, format="PNG", compress_level=1)
+        picture.save(out, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
     return out.getvalue()
 
 
@@ -777,3 +843,26 @@ def figure_bytes(fig: Figure, format: str = "png") -> bytes:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return image_bytes(Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()), format)
+
+
+# ---------------- 12 explanations
+
+
+def plot_explanations(crops: Sequence[Image.Image], maps: dict[str, torch.Tensor], *, trained: bool,
+                      weight_free: Sequence[str] = (), size: float = 1.9, title: str = "") -> Figure:
+    """One row per image, one column per method: each (B, gh, gw) map over its crop.
+
+    A column shares one colour scale, 0 to the column's maximum, with its colour bar under
+    the last row; methods in ``weight_free`` (baselines that never read the weights) are
+    not labelled untrained.
+    """
+    rows, cols = len(crops), len(maps)
+    fig, axes = new_axes(rows, cols, size=size)
+    for col, (method, heat) in enumerate(maps.items()):
+        vmax = float(heat.max())
+        for row, crop in enumerate(crops):
+            plot_heatmap_overlay(crop, heat[row], trained=trained or method in weight_free, vmax=vmax,
+                                 colorbar=row == rows - 1, label="importance", ax=axes[row, col],
+                                 title=method if row == 0 else "")
+    label_figure(fig, title or "explanations, one colour scale per column", trained)
+    return fig
