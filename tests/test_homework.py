@@ -21,12 +21,12 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from vit_inspect.cli import main
 from vit_inspect.errors import VitInspectError
-from vit_inspect.homework import (BEGIN_SOLUTION, CODE_STUB, END_SOLUTION, TEXT_STUB, CheckReport, check_notebook,
-                                  error_of, format_report, has_solutions, is_solution_cell, student_version, task_of,
-                                  write_homework)
+from vit_inspect.homework import (BEGIN_HIDDEN, BEGIN_SOLUTION, CODE_STUB, END_HIDDEN, END_SOLUTION, TEXT_STUB,
+                                  CheckReport, check_notebook, check_of, error_of, format_report, has_solutions,
+                                  is_solution_cell, student_version, task_of, write_homework)
 from vit_inspect.homework_tasks import TASKS, helpers_called, variable
 
-from .homework_notebooks import MISTAKES, TASK_CODE, solution_notebook
+from .homework_notebooks import HIDDEN_TESTS, MISTAKES, TASK_CODE, solution_notebook
 
 CLASSIC = ("patch_split", "qkv_split", "attention")  # the course's three classic mistakes, in MISTAKES
 
@@ -49,6 +49,21 @@ def solution_lines(notebook) -> list[str]:
     return lines
 
 
+def hidden_lines(notebook) -> list[str]:
+    """The lines of nbgrader's hidden tests, markers included: they leave the student version."""
+    lines = []
+    for cell in notebook.cells:
+        inside = False
+        for line in cell.source.splitlines():
+            if line.strip() == BEGIN_HIDDEN:
+                inside = True
+            if inside:
+                lines.append(line)
+            if line.strip() == END_HIDDEN:
+                inside = False
+    return lines
+
+
 def code_lines(notebook) -> list[str]:
     return [line for cell in notebook.cells for line in cell.source.splitlines()]
 
@@ -62,6 +77,9 @@ def test_student_version_leaves_no_solution_text():
     assert not left, f"solution text left in the student version: {sorted(left)[:3]}"
     text = "\n".join(cell.source for cell in student.cells)
     assert BEGIN_SOLUTION not in text and END_SOLUTION not in text
+    assert BEGIN_HIDDEN not in text and not any(test in text for test in HIDDEN_TESTS.values()), \
+        "the hidden tests compare with the answer: they leave the student version"
+    assert text.count('check_answer("') == len(TASK_CODE), "the self-check stays"
     assert text.count(CODE_STUB) == len(TASK_CODE), "one stub per solution region"
     assert [c.source for c in student.cells if c.cell_type == "markdown" and "nbgrader" in c.metadata] == \
         [TEXT_STUB, TEXT_STUB], "each 'explain this result' answer becomes YOUR ANSWER HERE"
@@ -70,7 +88,7 @@ def test_student_version_leaves_no_solution_text():
 def test_student_version_keeps_the_asserts_and_every_given_line():
     solved = solution_notebook()
     student_lines = code_lines(student_version(solved))
-    given = [line for line in code_lines(solved) if line not in solution_lines(solved)
+    given = [line for line in code_lines(solved) if line not in solution_lines(solved) + hidden_lines(solved)
              and line.strip() not in (BEGIN_SOLUTION, END_SOLUTION)]
     assert [line for line in student_lines if line not in CODE_STUB.splitlines() + [TEXT_STUB]] == given
     asserts = [line for line in given if line.lstrip().startswith(("assert", "assert_close"))]
@@ -85,8 +103,8 @@ def test_student_version_clears_outputs_and_keeps_task_metadata():
     kept.execution_count = 3
     student = student_version(solved)
     assert all(c.outputs == [] and c.execution_count is None for c in student.cells if c.cell_type == "code")
-    assert [c.metadata.get("vit_inspect", {}).get("task") for c in student.cells if "vit_inspect" in c.metadata] \
-        == TASK_NAMES
+    assert [task_of(c)["task"] for c in student.cells if task_of(c)] == TASK_NAMES
+    assert [check_of(c) for c in student.cells if check_of(c)] == TASK_NAMES, "each task keeps its graded check"
     assert solved.cells[2].outputs, "the solution notebook itself is not changed"
 
 
@@ -222,7 +240,7 @@ def test_check_table_gives_one_line_of_advice_per_failure(mistakes_report):
     assert "un-resized" in table["patch split"][1] and "LayerNorm" in table["qkv reshape and split"][1]
     assert "1/sqrt(d)" in table["scaled softmax attention"][1]
     assert [len(row) for row in table.values()] == [2, 2, 2, 2, 1]
-    assert "In [12]: NameError: name 'no_such_name' is not defined (line 1: print(no_such_name))" in output
+    assert "In [17]: NameError: name 'no_such_name' is not defined (line 1: print(no_such_name))" in output
     assert "1 of 5 tasks pass." in output and "Traceback" not in output
 
 

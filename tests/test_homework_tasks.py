@@ -560,3 +560,14 @@ def test_check_answer_raises_with_the_advice_and_reads_the_last_cell_that_assign
         with pytest.raises(AssertionError, match="classification head and top-5: "):
             check_answer("top5", namespace)
     assert namespace["logits"].abs().sum() == 0, "the self-check substitutes nothing"
+
+
+def test_a_name_read_before_the_cell_assigns_it_is_read_from_outside(given):
+    with torch.no_grad():
+        answers = similarity(given)
+        result, _ = run("pos_similarity", given, answers, "similarity = similarity * 1")
+    assert result["status"] == "fail" and "reads `similarity`" in result["advice"], result["advice"]
+    with torch.no_grad():
+        result, _ = run("pos_similarity", given, answers, "unit = F.normalize(model.pos_embed[0, 1:], dim=-1)\n"
+                        "similarity = (unit @ unit.T).reshape(14, 14, 14, 14)\nsimilarity = similarity * 1")
+    assert result["status"] == "pass", "a name the cell assigned first is the cell's own"

@@ -59,6 +59,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                  "curve_area", "rank_correlation", "randomise_top_blocks", "randomised_maps", "randomisation_curves",
                  "run_ablations"),
     "attention_explorer": ("explorer",),
+    # the homework's self-check, called by the graded cell after each task cell
+    "homework_tasks": ("check_answer",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -826,31 +826,46 @@ def forbidden_calls(task: Task, tree: ast.AST, namespace: dict[str, Any], forbid
     return list(dict.fromkeys(found))
 
 
-def copied_answers(task: Task, tree: ast.AST, namespace: dict[str, Any], reference: Tensors) -> list[str]:
-    """Advice for values the cell reads from outside that already are the answer, and for the answer typed in."""
-    stored, found = stored_names(tree), []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-            for name, expected in reference.items():
-                if expected.ndim == 0 and abs(node.value) > 1 and same(torch.tensor(node.value), expected):
-                    found.append(f"your cell types the answer ({node.value:,}) as a number: compute `{name}`")
-        if not isinstance(node, (ast.Name, ast.Attribute, ast.Subscript)) or not isinstance(node.ctx, ast.Load):
-            continue
-        if isinstance(node, ast.Subscript) and not _is_key(node.slice):
-            continue  # weight[:D] is a computation, results["logits"] a look-up
-        root = node
-        while isinstance(root, (ast.Attribute, ast.Subscript)):
-            root = root.value
-        if not isinstance(root, ast.Name) or root.id in stored:
-            continue
-        value = resolve(node, namespace)
-        value = as_tensor(value) if _is_value(value) else None
-        for name, expected in reference.items():
-            comparable = value is not None and (value.numel() > 1 if expected.ndim else value.ndim == 0)
-            if comparable and same(value, expected, task.views):
-                found.append(f"your cell reads `{ast.unparse(node)}`, which already holds the answer "
-                             f"(`{name}`): compute it in this cell")
+def copied_answers(task: Task, tree: ast.Module, namespace: dict[str, Any], reference: Tensors) -> list[str]:
+    """Advice for values the cell reads from outside that already are the answer, and for the answer typed in.
+
+    A name is read from outside where a statement uses it before the cell has assigned it
+    (``similarity = similarity * 1`` included: the right side runs first).
+    """
+    defined, found = set(), []
+    for statement in tree.body:
+        for node in ast.walk(statement):
+            found += _typed_answer(node, reference) + _read_answer(task, node, namespace, defined, reference)
+        defined |= stored_names(statement)
     return list(dict.fromkeys(found))
+
+
+def _typed_answer(node: ast.AST, reference: Tensors) -> list[str]:
+    if not isinstance(node, ast.Constant) or not _is_value(node.value):
+        return []
+    return [f"your cell types the answer ({node.value:,}) as a number: compute `{name}`"
+            for name, expected in reference.items()
+            if expected.ndim == 0 and abs(node.value) > 1 and same(torch.tensor(node.value), expected)]
+
+
+def _read_answer(task: Task, node: ast.AST, namespace: dict[str, Any], defined: set[str],
+                 reference: Tensors) -> list[str]:
+    if not isinstance(node, (ast.Name, ast.Attribute, ast.Subscript)) or not isinstance(node.ctx, ast.Load):
+        return []
+    if isinstance(node, ast.Subscript) and not _is_key(node.slice):
+        return []  # weight[:D] is a computation, results["logits"] a look-up
+    root = node
+    while isinstance(root, (ast.Attribute, ast.Subscript)):
+        root = root.value
+    if not isinstance(root, ast.Name) or root.id in defined:
+        return []
+    value = resolve(node, namespace)
+    value = as_tensor(value) if _is_value(value) else None
+    if value is None:
+        return []
+    return [f"your cell reads `{ast.unparse(node)}`, which already holds the answer (`{name}`): compute it in "
+            "this cell" for name, expected in reference.items()
+            if (value.numel() > 1 if expected.ndim else value.ndim == 0) and same(value, expected, task.views)]
 
 
 def _is_key(node: ast.AST) -> bool:
