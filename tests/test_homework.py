@@ -333,6 +333,28 @@ def test_task_cells_name_a_known_task_and_assign_its_variables_by_hand(path):
 
 
 @pytest.mark.parametrize("path", WALKTHROUGHS, ids=lambda p: p.name)
+def test_each_task_cell_is_followed_by_its_graded_check(path):
+    """nbgrader autograder tests with points for a task, read-only for an exercise; the answer only in hidden tests."""
+    cells = nbformat.read(path, as_version=4).cells
+    for index, cell in enumerate(cells):
+        spec = task_of(cell)
+        if not spec:
+            continue
+        check = cells[index + 1]
+        grading = check.metadata["nbgrader"]
+        assert check_of(check) == spec["task"], f"{path.name} cell {index + 1}: the check of {spec['task']}"
+        assert grading["locked"] and not grading["solution"] and grading["grade_id"].endswith("_check")
+        assert grading["grade"] == (not spec.get("exercise")) and grading.get("points", 0) == (0 if spec.get(
+            "exercise") else 1), f"{path.name} cell {index + 1}: points for a task, none for an exercise"
+        params = {key: value for key, value in spec.items() if key not in ("task", "exercise")}
+        call = ast.parse(check.source.split(BEGIN_HIDDEN)[0]).body[0].value
+        assert call.func.id == "check_answer" and ast.literal_eval(call.args[0]) == spec["task"]
+        assert {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords} == params
+        given = cell.source.split(BEGIN_SOLUTION)[0]
+        assert "expected" not in given, f"{path.name} cell {index}: a reference above the blank"
+
+
+@pytest.mark.parametrize("path", WALKTHROUGHS, ids=lambda p: p.name)
 def test_answers_follow_their_question_and_exercises_end_the_notebook(path):
     cells = nbformat.read(path, as_version=4).cells
     answers = [i for i, cell in enumerate(cells) if cell.cell_type == "markdown" and is_solution_cell(cell)]
@@ -345,7 +367,8 @@ def test_answers_follow_their_question_and_exercises_end_the_notebook(path):
     assert len(exercises) == 1, f"{path.name}: one ## Exercises section"
     items = re.findall(r"^\d+\. ", cells[exercises[0]].source, flags=re.MULTILINE)
     assert 3 <= len(items) <= 5, f"{path.name}: 3-5 exercises, found {len(items)}"
-    assert all(task_of(cell) for cell in cells[exercises[0] + 1:]), f"{path.name}: after the exercises, starter cells only"
+    assert all(task_of(cell) or check_of(cell) for cell in cells[exercises[0] + 1:]), \
+        f"{path.name}: after the exercises, starter cells and their checks only"
 
 
 @pytest.mark.parametrize("path", WALKTHROUGHS, ids=lambda p: p.name)
@@ -363,8 +386,9 @@ def test_student_version_of_a_real_notebook(path):
             continue
         if task_of(before):
             assert CODE_STUB in after.source, "a blank task raises NotImplementedError"
+        hidden = hidden_lines(new_notebook(cells=[before]))
         given = [line for line in before.source.splitlines() if line.strip() and line not in solution_lines(solved)
-                 and line.strip() not in (BEGIN_SOLUTION, END_SOLUTION)]
+                 and line not in hidden and line.strip() not in (BEGIN_SOLUTION, END_SOLUTION)]
         assert [line for line in after.source.splitlines() if line.strip() and line not in stubs] == given, \
             f"{path.name}: a given line changed"
     assert student.cells[1].metadata.get("tags") == ["colab-setup"], "the student version keeps the Colab cell"
