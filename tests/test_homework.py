@@ -9,6 +9,7 @@ the real notebooks read them without running them.
 from __future__ import annotations
 
 import ast
+import copy
 import os
 import re
 import subprocess
@@ -428,3 +429,64 @@ def test_check_fails_every_task_of_the_blank_notebook_03_clearly(notebook_03_che
         assert "FAIL" in row and "NotImplementedError (line" in row and "not solved yet" in advice
     assert not blank.other_errors, "the reference takes the place of each blank's variables: no later cell fails"
     assert "0 of 3 tasks pass." in output and "Traceback" not in output
+
+
+# ---------------------------------------------------------------- nbgrader agrees
+
+# a copied submission: the package's helper under another name, a copy of what a given cell left, the model's forward
+COPIED = {"patch_split": "cut = patchify\npatches = cut(x, P)  # (B, N, C*P*P)",
+          "pos_similarity": "similarity = similarity * 1  # (gh, gw, gh, gw)",
+          "top5": "logits = model(x)  # (B, C)\nprobs = logits.softmax(dim=-1)  # (B, C)\n"
+                  "top5_probs, top5_indices = probs.topk(5, dim=-1)  # (B, 5) each"}
+
+
+def submission(answers: dict[str, str]) -> nbformat.NotebookNode:
+    """The student version with ``answers`` (task -> code) in place of the stubs; the others left blank."""
+    source = solution_notebook()
+    student = student_version(source)
+    for cell in student.cells:
+        if task_of(cell) and task_of(cell)["task"] in answers:
+            cell.source = cell.source.replace(CODE_STUB, answers[task_of(cell)["task"]])
+    return student
+
+
+def autograded(submitted: nbformat.NotebookNode, source: nbformat.NotebookNode, folder: Path) -> dict[str, float]:
+    """nbgrader's autograde on a submission: its graded cells back from the source (what its OverwriteCells does,
+    hidden tests included), run by nbgrader's Execute preprocessor, scored by nbgrader's determine_grade."""
+    from nbgrader.preprocessors import Execute
+    from nbgrader.utils import determine_grade, is_grade
+
+    graded = {cell.metadata["nbgrader"]["grade_id"]: cell for cell in source.cells if is_grade(cell)}
+    notebook = nbformat.from_dict(copy.deepcopy(submitted))
+    for index, cell in enumerate(notebook.cells):
+        grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if grade_id in graded and cell.cell_type == "code":
+            notebook.cells[index] = copy.deepcopy(graded[grade_id])
+    Execute().preprocess(notebook, {"metadata": {"path": str(folder)}})
+    return {cell.metadata["vit_inspect"]["check"]: determine_grade(cell)[0] for cell in notebook.cells if check_of(cell)}
+
+
+@pytest.mark.parametrize("answers, passing", [
+    ({task: code for task, (_, code, _) in TASK_CODE.items()}, TASK_NAMES),
+    ({}, []),
+    ({**{task: code for task, (_, code, _) in TASK_CODE.items()}, **COPIED}, ["qkv_split", "attention"]),
+], ids=["solved", "blank", "copied"])
+def test_nbgrader_autograde_and_vit_inspect_check_agree(tmp_path, answers, passing):
+    """Per task: nbgrader's points (1 or 0) for the graded check cell, and PASS/FAIL of vit-inspect check."""
+    submitted = submission(answers)
+    path = write(tmp_path / "submitted.ipynb", submitted)
+    checked = {task["task"]: task["status"] == "pass" for task in check_notebook(path).tasks}
+    points = autograded(submitted, solution_notebook(), tmp_path)
+    assert checked == {task: task in passing for task in TASK_NAMES}
+    assert points == {task: float(task in passing) for task in TASK_NAMES}, "nbgrader scores what the check says"
+
+
+def test_the_student_version_is_nbgraders_release_version():
+    """nbgrader's own ClearSolutions and ClearHiddenTests make the same code cells as make homework."""
+    from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
+
+    source = solution_notebook()
+    released, _ = ClearHiddenTests().preprocess(*ClearSolutions().preprocess(copy.deepcopy(source), {}))
+    ours = student_version(source)
+    assert [c.source for c in released.cells if c.cell_type == "code"] == \
+        [c.source for c in ours.cells if c.cell_type == "code"]
