@@ -490,3 +490,29 @@ def test_the_student_version_is_nbgraders_release_version():
     ours = student_version(source)
     assert [c.source for c in released.cells if c.cell_type == "code"] == \
         [c.source for c in ours.cells if c.cell_type == "code"]
+
+
+def test_an_open_exercise_is_labelled_and_not_counted_as_a_failure():
+    checks = [{"name": "patches", "output": "patches", "status": "match", "expected_shape": [1, 196, 768]}]
+    tasks = [{"task": "patch_split", "title": "patch split", "status": "pass", "cell": 3, "checks": checks},
+             {"task": "patch_split", "title": "patch split (patch_size 32)", "status": "fail", "cell": 9,
+              "checks": [], "exercise": True, "error": "NotImplementedError (line 3: raise NotImplementedError())"}]
+    report = CheckReport("nb.ipynb", None, tasks, [], None)
+    output = format_report(report)
+    row = rows(output)["patch split (patch_size 32)"]
+    assert "(exercise)" in row[0] and "FAIL" not in row[0] and "advice:" in row[1]
+    assert report.failed == 0 and "1 of 1 tasks pass. Optional exercises: 0 of 1 done." in output
+
+
+def test_a_task_fails_when_its_graded_check_cell_raises():
+    """nbgrader scores the check cell (self-check and hidden tests): a failure there fails the task's row too."""
+    from vit_inspect.homework import _fail_on_graded_check
+    cell = new_code_cell('check_answer("top5")')
+    cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="the head by hand equals model(x)",
+                                           traceback=["Cell In[9], line 1"])]
+    task = {"task": "top5", "status": "pass", "advice": None}
+    _fail_on_graded_check(task, cell, 9)
+    assert task["status"] == "fail" and task["advice"].startswith("its graded check (In [9]) failed: AssertionError")
+    failed = {"task": "top5", "status": "fail", "advice": "your cell calls the model's own forward"}
+    _fail_on_graded_check(failed, cell, 9)
+    assert failed["advice"] == "your cell calls the model's own forward", "the task's own advice comes first"

@@ -10,6 +10,13 @@ classic mistakes would give (qkv without norm1, no 1/sqrt(d), patches from the
 un-resized image, ...), and the advice names the first one that matches. A failed task's
 variables are then replaced by the reference, so each later task is checked on its own.
 
+A right value is not enough: the cell's source, read against the kernel's objects, must not
+call what computes the answer (the model's own forward or module, torch's ready-made op, the
+package's helper under any name, the checker) nor read a variable that already holds it or
+type it in (:func:`cheats`). The notebooks' graded check cells call :func:`check_answer`,
+which runs the same check in the student's own kernel and raises with the advice: the
+reference never appears in the notebook, where the student's code could read it.
+
 A new task (an exercise with a reference) is one :class:`Task` entry in :data:`TASKS`.
 """
 from __future__ import annotations
