@@ -14,8 +14,11 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import to_tensor
 
 from vit_inspect import capture, create_untrained, load_image, preprocess, sample_images, tokens_with_position
+from vit_inspect import homework_tasks
 from vit_inspect.homework_tasks import (TASKS, _same_ranking, check_task, forget_outputs, helpers_called,
                                         same, same_up_to_channel_affine)
+
+from .mutation import fails, passes
 
 P = 16
 
@@ -571,3 +574,25 @@ def test_a_name_read_before_the_cell_assigns_it_is_read_from_outside(given):
         result, _ = run("pos_similarity", given, answers, "unit = F.normalize(model.pos_embed[0, 1:], dim=-1)\n"
                         "similarity = (unit @ unit.T).reshape(14, 14, 14, 14)\nsimilarity = similarity * 1")
     assert result["status"] == "pass", "a name the cell assigned first is the cell's own"
+
+
+def recognises_three_cheats(given) -> None:
+    """The model's forward through a bound method, the package's helper renamed, a variable holding the answer."""
+    with torch.no_grad():
+        forward, _ = run("top5", given, {**_cheat_names(given), **head(given)},
+                         "logits = model.forward_head(model.forward_features(x))")
+        renamed, _ = run("patch_split", given, {**_cheat_names(given), **RIGHT["patch_split"](given)},
+                         "patches = cut(x, P)")
+        copied, _ = run("pos_similarity", given, similarity(given), "similarity = similarity * 1")
+    assert [r["status"] for r in (forward, renamed, copied)] == ["fail"] * 3, [r["advice"] for r in (forward, renamed, copied)]
+
+
+@pytest.mark.parametrize("name, bug", [
+    ("FORWARD_METHODS", ()),                                        # model.forward_head(...) not seen as the model
+    ("resolve", lambda node, namespace: homework_tasks._UNRESOLVED),  # names spelled, not resolved: `cut` hides patchify
+    ("_is_value", lambda value: False),                             # values read from outside never compared
+], ids=["bound_forward", "no_resolution", "no_copy_check"])
+def test_mutation_in_the_cheat_checks_is_caught(given, monkeypatch, name, bug):
+    passes(recognises_three_cheats, given)
+    monkeypatch.setattr(homework_tasks, name, bug)
+    fails(recognises_three_cheats, given)
