@@ -463,7 +463,7 @@ def autograded(submitted: nbformat.NotebookNode, source: nbformat.NotebookNode, 
         if grade_id in graded and cell.cell_type == "code":
             notebook.cells[index] = copy.deepcopy(graded[grade_id])
     Execute().preprocess(notebook, {"metadata": {"path": str(folder)}})
-    return {cell.metadata["vit_inspect"]["check"]: determine_grade(cell)[0] for cell in notebook.cells if check_of(cell)}
+    return {check_of(cell): determine_grade(cell)[0] for cell in notebook.cells if check_of(cell)}
 
 
 @pytest.mark.parametrize("answers, passing", [

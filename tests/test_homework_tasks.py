@@ -437,7 +437,8 @@ def _cheat_names(g) -> dict:
 # task -> the cell's source computing the answer with the model's own forward, its module or the package's helper
 FORWARD_CHEATS = {
     "patch_split": "patches = cut(x, P)  # (B, N, C*P*P)",
-    "qkv_split": "s = steps_of(block, z0)\nq, k, v = s['q'], s['k'], s['v']\nqkv_heads = s['qkv'].reshape(1, 197, 3, 3, 64)",
+    "qkv_split": "s = steps_of(block, z0)\nq, k, v = s['q'], s['k'], s['v']\n"
+                 "qkv_heads = s['qkv'].reshape(1, 197, 3, 3, 64)",
     "attention": "scores = q @ k.transpose(-2, -1) / 8\nA = grab(model, x)['attention'][:, 0]",
     "pos_similarity": "similarity = sim(model)",
     "top5": "logits = model(x)\nprobs = logits.softmax(dim=-1)\ntop5_probs, top5_indices = probs.topk(5, dim=-1)",
@@ -584,12 +585,13 @@ def recognises_three_cheats(given) -> None:
         renamed, _ = run("patch_split", given, {**_cheat_names(given), **RIGHT["patch_split"](given)},
                          "patches = cut(x, P)")
         copied, _ = run("pos_similarity", given, similarity(given), "similarity = similarity * 1")
-    assert [r["status"] for r in (forward, renamed, copied)] == ["fail"] * 3, [r["advice"] for r in (forward, renamed, copied)]
+    results = (forward, renamed, copied)
+    assert [r["status"] for r in results] == ["fail"] * 3, [r["advice"] for r in results]
 
 
 @pytest.mark.parametrize("name, bug", [
     ("FORWARD_METHODS", ()),                                        # model.forward_head(...) not seen as the model
-    ("resolve", lambda node, namespace: homework_tasks._UNRESOLVED),  # names spelled, not resolved: `cut` hides patchify
+    ("resolve", lambda node, namespace: homework_tasks._UNRESOLVED),  # names spelled, not resolved: `cut` = patchify
     ("_is_value", lambda value: False),                             # values read from outside never compared
 ], ids=["bound_forward", "no_resolution", "no_copy_check"])
 def test_mutation_in_the_cheat_checks_is_caught(given, monkeypatch, name, bug):

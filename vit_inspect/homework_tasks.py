@@ -452,6 +452,13 @@ def _norm1_mistake(ctx: Context, norm: nn.LayerNorm | None = None, **knobs) -> T
     return {"normed": _layer_norm(ctx.block_input, norm or ctx.block.norm1, **knobs)}  # (B, N, D)
 
 
+def _layer_norms(model: nn.Module) -> list[tuple[str, Any]]:
+    """The model's own LayerNorm modules and torch's ready-made LayerNorm: calling any of them is the answer."""
+    own = [(f"the model's own LayerNorm `{name}`", module) for name, module in model.named_modules()
+           if isinstance(module, nn.LayerNorm)]
+    return own + [("torch's LayerNorm", op) for op in (F.layer_norm, torch.layer_norm, nn.LayerNorm)]
+
+
 LAYER_NORM = Task(
     name="layer_norm", title="LayerNorm by hand",
     outputs={"normed": "(B, N, D)"},
@@ -471,10 +478,8 @@ LAYER_NORM = Task(
                 lambda ctx: _norm1_mistake(ctx, ctx.block.norm2)),
     ),
     by_hand=("layer_norm_by_hand", "layer_norm"),
-    tolerance=1e-5,
-    forbidden=lambda ctx: [(f"the model's own LayerNorm `{name}`", module) for name, module
-                           in ctx.model.named_modules() if isinstance(module, nn.LayerNorm)]
-    + [("torch's LayerNorm", F.layer_norm), ("torch's LayerNorm", torch.layer_norm), ("torch's LayerNorm", nn.LayerNorm)],  # PyTorch's default eps changes ViT-B's LayerNorm by about 1e-4
+    tolerance=1e-5,  # PyTorch's default eps changes ViT-B's LayerNorm by about 1e-4
+    forbidden=lambda ctx: _layer_norms(ctx.model),
 )
 
 
@@ -507,7 +512,8 @@ MLP = Task(
     mistakes=(
         Mistake("other_gelu", "the other form of GELU than this model's: timm's ViT-B/16 uses nn.GELU() (approximate="
                 "'none'), the exact x Phi(x) with erf, while the original JAX ViT calls flax's nn.gelu, whose default "
-                "is the tanh approximation; use the form of the module in hand (read mlp.act.approximate)", _other_gelu),
+                "is the tanh approximation; use the form of the module in hand (read mlp.act.approximate)",
+                _other_gelu),
         Mistake("relu", "ReLU instead of GELU: the ViT MLP uses GELU, x Phi(x), smooth and negative just below 0",
                 lambda ctx: _mlp_steps(ctx, F.relu)),
         Mistake("no_activation", "no non-linearity between fc1 and fc2: two linear layers in a row are just one "
@@ -808,7 +814,8 @@ def _forbidden_call(task: Task, target: Any, forbidden: list[tuple[str, Any]]) -
     return "the self-check itself" if _is_checker(target) else None
 
 
-def forbidden_calls(task: Task, tree: ast.AST, namespace: dict[str, Any], forbidden: list[tuple[str, Any]]) -> list[str]:
+def forbidden_calls(task: Task, tree: ast.AST, namespace: dict[str, Any],
+                    forbidden: list[tuple[str, Any]]) -> list[str]:
     """Advice for each call in the cell that computes the answer instead of the student: resolved by object."""
     found = []
     for node in ast.walk(tree):
