@@ -1,7 +1,8 @@
 """Small homework notebooks for the tests: the five course tasks on the tiny untrained ViT.
 
 ``solution_notebook()`` is laid out like a walk-through notebook with nbgrader markers
-(title, imports, given cells, task cells, "explain this result" answers);
+(title, imports, given cells, task cells each followed by its graded check cell with
+hidden tests, "explain this result" answers);
 ``solution_notebook(MISTAKES)`` puts the course's classic mistakes in place of three
 solutions. Tests write these to files and run the converter and the checker on them.
 """
@@ -20,8 +21,9 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 from torchvision.transforms.functional import to_tensor
 
-from vit_inspect import (grid_size_of, load_image, load_vit, patch_size_of, pos_embed_similarity, preprocess,
-                         run_blocks_one_at_a_time, sample_images, tokens_with_position, top_k)"""
+from vit_inspect import (check_answer, grid_size_of, load_image, load_vit, patch_size_of, patchify,
+                         pos_embed_similarity, preprocess, run_blocks_one_at_a_time, sample_images,
+                         tokens_with_position, top_k)"""
 
 SETUP = f"""\
 torch.set_grad_enabled(False)
@@ -75,6 +77,16 @@ top5_probs, top5_indices = probs.topk(5, dim=-1)  # (B, 5) each""",
         'assert_close(probs.sum(dim=-1), torch.ones(B), msg="probabilities sum to 1")'),
 }
 
+# task -> its hidden tests: what the walk-through compares with, which would give the answer away
+HIDDEN_TESTS = {
+    "patch_split": 'assert_close(patches, patchify(x, P), rtol=0, atol=0, msg="the package cuts the same patches")',
+    "qkv_split": 'assert_close(q, attn.qkv(block.norm1(z0)).reshape(B, N, 3, H, d)[:, :, 0].transpose(1, 2), '
+                 'msg="q is the first third")',
+    "attention": 'assert_close(A, (q @ k.transpose(-2, -1) / math.sqrt(d)).softmax(dim=-1), msg="softmax(qk/sqrt(d))")',
+    "pos_similarity": 'assert_close(similarity, pos_embed_similarity(model), msg="the package gives the same tiles")',
+    "top5": 'assert_close(logits, model(x), rtol=1e-4, atol=1e-4, msg="the head by hand equals model(x)")',
+}
+
 MISTAKES = {
     # the grid cut from the photo as it is, not from the 224x224 input the model receives
     "patch_split": """\
@@ -112,6 +124,15 @@ def task_cell(task: str, solution: str) -> nbformat.NotebookNode:
     return new_code_cell(source, metadata=metadata)
 
 
+def check_cell(task: str, points: int = 1) -> nbformat.NotebookNode:
+    """The graded cell after a task: the self-check, then nbgrader's hidden tests."""
+    source = f'check_answer("{task}")\n### BEGIN HIDDEN TESTS\n{HIDDEN_TESTS[task]}\n### END HIDDEN TESTS'
+    metadata = {"vit_inspect": {"check": task},
+                "nbgrader": {"grade": True, "grade_id": f"{task}_check", "locked": True, "points": points,
+                             "schema_version": 3, "solution": False, "task": False}}
+    return new_code_cell(source, metadata=metadata)
+
+
 def answer_cell(task: str) -> nbformat.NotebookNode:
     metadata = {"nbgrader": {"grade": True, "grade_id": f"{task}_answer", "locked": False, "points": 1,
                              "schema_version": 3, "solution": True, "task": False}}
@@ -124,15 +145,16 @@ def solution_notebook(replace: dict[str, str] | None = None, extra_cells: tuple[
     cells = [new_markdown_cell("# Homework fixture\n\nThe course's five tasks on a tiny untrained ViT.\n\n"
                                "Prerequisite: none."),
              new_code_cell(IMPORTS), new_code_cell(SETUP),
-             task_cell("patch_split", solutions["patch_split"]), answer_cell("patch_split"),
+             task_cell("patch_split", solutions["patch_split"]), check_cell("patch_split"),
+             answer_cell("patch_split"),
              new_code_cell("z0 = tokens_with_position(model, model.patch_embed(x))  # (B, N, D)"),
-             task_cell("qkv_split", solutions["qkv_split"]),
+             task_cell("qkv_split", solutions["qkv_split"]), check_cell("qkv_split"),
              new_markdown_cell("**Explain:** why do the rows of A sum to 1?"),
-             task_cell("attention", solutions["attention"]), answer_cell("attention"),
+             task_cell("attention", solutions["attention"]), check_cell("attention"), answer_cell("attention"),
              new_code_cell("similarity = pos_embed_similarity(model)  # (gh, gw, gh, gw), what the package gives"),
-             task_cell("pos_similarity", solutions["pos_similarity"]),
+             task_cell("pos_similarity", solutions["pos_similarity"]), check_cell("pos_similarity"),
              new_code_cell('stream = run_blocks_one_at_a_time(model, x)["stream"][-1]  # (B, N, D)'),
-             task_cell("top5", solutions["top5"]),
+             task_cell("top5", solutions["top5"]), check_cell("top5"),
              new_code_cell("print(top_k(logits).names[0])"),
              *[new_code_cell(code) for code in extra_cells]]
     notebook = new_notebook(cells=cells)

@@ -9,6 +9,7 @@ the real notebooks read them without running them.
 from __future__ import annotations
 
 import ast
+import copy
 import os
 import re
 import subprocess
@@ -21,12 +22,12 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from vit_inspect.cli import main
 from vit_inspect.errors import VitInspectError
-from vit_inspect.homework import (BEGIN_SOLUTION, CODE_STUB, END_SOLUTION, TEXT_STUB, CheckReport, check_notebook,
-                                  error_of, format_report, has_solutions, is_solution_cell, student_version, task_of,
-                                  write_homework)
+from vit_inspect.homework import (BEGIN_HIDDEN, BEGIN_SOLUTION, CODE_STUB, END_HIDDEN, END_SOLUTION, TEXT_STUB,
+                                  CheckReport, check_notebook, check_of, error_of, format_report, has_solutions,
+                                  is_solution_cell, student_version, task_of, write_homework)
 from vit_inspect.homework_tasks import TASKS, helpers_called, variable
 
-from .homework_notebooks import MISTAKES, TASK_CODE, solution_notebook
+from .homework_notebooks import HIDDEN_TESTS, MISTAKES, TASK_CODE, solution_notebook
 
 CLASSIC = ("patch_split", "qkv_split", "attention")  # the course's three classic mistakes, in MISTAKES
 
@@ -49,6 +50,21 @@ def solution_lines(notebook) -> list[str]:
     return lines
 
 
+def hidden_lines(notebook) -> list[str]:
+    """The lines of nbgrader's hidden tests, markers included: they leave the student version."""
+    lines = []
+    for cell in notebook.cells:
+        inside = False
+        for line in cell.source.splitlines():
+            if line.strip() == BEGIN_HIDDEN:
+                inside = True
+            if inside:
+                lines.append(line)
+            if line.strip() == END_HIDDEN:
+                inside = False
+    return lines
+
+
 def code_lines(notebook) -> list[str]:
     return [line for cell in notebook.cells for line in cell.source.splitlines()]
 
@@ -62,6 +78,9 @@ def test_student_version_leaves_no_solution_text():
     assert not left, f"solution text left in the student version: {sorted(left)[:3]}"
     text = "\n".join(cell.source for cell in student.cells)
     assert BEGIN_SOLUTION not in text and END_SOLUTION not in text
+    assert BEGIN_HIDDEN not in text and not any(test in text for test in HIDDEN_TESTS.values()), \
+        "the hidden tests compare with the answer: they leave the student version"
+    assert text.count('check_answer("') == len(TASK_CODE), "the self-check stays"
     assert text.count(CODE_STUB) == len(TASK_CODE), "one stub per solution region"
     assert [c.source for c in student.cells if c.cell_type == "markdown" and "nbgrader" in c.metadata] == \
         [TEXT_STUB, TEXT_STUB], "each 'explain this result' answer becomes YOUR ANSWER HERE"
@@ -70,7 +89,7 @@ def test_student_version_leaves_no_solution_text():
 def test_student_version_keeps_the_asserts_and_every_given_line():
     solved = solution_notebook()
     student_lines = code_lines(student_version(solved))
-    given = [line for line in code_lines(solved) if line not in solution_lines(solved)
+    given = [line for line in code_lines(solved) if line not in solution_lines(solved) + hidden_lines(solved)
              and line.strip() not in (BEGIN_SOLUTION, END_SOLUTION)]
     assert [line for line in student_lines if line not in CODE_STUB.splitlines() + [TEXT_STUB]] == given
     asserts = [line for line in given if line.lstrip().startswith(("assert", "assert_close"))]
@@ -85,8 +104,8 @@ def test_student_version_clears_outputs_and_keeps_task_metadata():
     kept.execution_count = 3
     student = student_version(solved)
     assert all(c.outputs == [] and c.execution_count is None for c in student.cells if c.cell_type == "code")
-    assert [c.metadata.get("vit_inspect", {}).get("task") for c in student.cells if "vit_inspect" in c.metadata] \
-        == TASK_NAMES
+    assert [task_of(c)["task"] for c in student.cells if task_of(c)] == TASK_NAMES
+    assert [check_of(c) for c in student.cells if check_of(c)] == TASK_NAMES, "each task keeps its graded check"
     assert solved.cells[2].outputs, "the solution notebook itself is not changed"
 
 
@@ -222,7 +241,7 @@ def test_check_table_gives_one_line_of_advice_per_failure(mistakes_report):
     assert "un-resized" in table["patch split"][1] and "LayerNorm" in table["qkv reshape and split"][1]
     assert "1/sqrt(d)" in table["scaled softmax attention"][1]
     assert [len(row) for row in table.values()] == [2, 2, 2, 2, 1]
-    assert "In [12]: NameError: name 'no_such_name' is not defined (line 1: print(no_such_name))" in output
+    assert "In [17]: NameError: name 'no_such_name' is not defined (line 1: print(no_such_name))" in output
     assert "1 of 5 tasks pass." in output and "Traceback" not in output
 
 
@@ -315,6 +334,28 @@ def test_task_cells_name_a_known_task_and_assign_its_variables_by_hand(path):
 
 
 @pytest.mark.parametrize("path", WALKTHROUGHS, ids=lambda p: p.name)
+def test_each_task_cell_is_followed_by_its_graded_check(path):
+    """nbgrader autograder tests with points for a task, read-only for an exercise; the answer only in hidden tests."""
+    cells = nbformat.read(path, as_version=4).cells
+    for index, cell in enumerate(cells):
+        spec = task_of(cell)
+        if not spec:
+            continue
+        check = cells[index + 1]
+        grading = check.metadata["nbgrader"]
+        assert check_of(check) == spec["task"], f"{path.name} cell {index + 1}: the check of {spec['task']}"
+        assert grading["locked"] and not grading["solution"] and grading["grade_id"].endswith("_check")
+        assert grading["grade"] == (not spec.get("exercise")) and grading.get("points", 0) == (0 if spec.get(
+            "exercise") else 1), f"{path.name} cell {index + 1}: points for a task, none for an exercise"
+        params = {key: value for key, value in spec.items() if key not in ("task", "exercise")}
+        call = ast.parse(check.source.split(BEGIN_HIDDEN)[0]).body[0].value
+        assert call.func.id == "check_answer" and ast.literal_eval(call.args[0]) == spec["task"]
+        assert {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords} == params
+        given = cell.source.split(BEGIN_SOLUTION)[0]
+        assert "expected" not in given, f"{path.name} cell {index}: a reference above the blank"
+
+
+@pytest.mark.parametrize("path", WALKTHROUGHS, ids=lambda p: p.name)
 def test_answers_follow_their_question_and_exercises_end_the_notebook(path):
     cells = nbformat.read(path, as_version=4).cells
     answers = [i for i, cell in enumerate(cells) if cell.cell_type == "markdown" and is_solution_cell(cell)]
@@ -327,7 +368,8 @@ def test_answers_follow_their_question_and_exercises_end_the_notebook(path):
     assert len(exercises) == 1, f"{path.name}: one ## Exercises section"
     items = re.findall(r"^\d+\. ", cells[exercises[0]].source, flags=re.MULTILINE)
     assert 3 <= len(items) <= 5, f"{path.name}: 3-5 exercises, found {len(items)}"
-    assert all(task_of(cell) for cell in cells[exercises[0] + 1:]), f"{path.name}: after the exercises, starter cells only"
+    assert all(task_of(cell) or check_of(cell) for cell in cells[exercises[0] + 1:]), \
+        f"{path.name}: after the exercises, starter cells and their checks only"
 
 
 @pytest.mark.parametrize("path", WALKTHROUGHS, ids=lambda p: p.name)
@@ -345,8 +387,9 @@ def test_student_version_of_a_real_notebook(path):
             continue
         if task_of(before):
             assert CODE_STUB in after.source, "a blank task raises NotImplementedError"
+        hidden = hidden_lines(new_notebook(cells=[before]))
         given = [line for line in before.source.splitlines() if line.strip() and line not in solution_lines(solved)
-                 and line.strip() not in (BEGIN_SOLUTION, END_SOLUTION)]
+                 and line not in hidden and line.strip() not in (BEGIN_SOLUTION, END_SOLUTION)]
         assert [line for line in after.source.splitlines() if line.strip() and line not in stubs] == given, \
             f"{path.name}: a given line changed"
     assert student.cells[1].metadata.get("tags") == ["colab-setup"], "the student version keeps the Colab cell"
@@ -382,7 +425,95 @@ def test_check_fails_every_task_of_the_blank_notebook_03_clearly(notebook_03_che
     output = format_report(blank)
     table = rows(output)
     assert list(table) == ["qkv reshape and split", "scaled softmax attention", "qkv reshape and split (block 8)"]
-    for row, advice in table.values():
-        assert "FAIL" in row and "NotImplementedError (line" in row and "not solved yet" in advice
+    for title, (row, advice) in table.items():
+        label = "(exercise)" if title.endswith("(block 8)") else "FAIL"
+        assert label in row and "NotImplementedError (line" in row and "not solved yet" in advice
     assert not blank.other_errors, "the reference takes the place of each blank's variables: no later cell fails"
-    assert "0 of 3 tasks pass." in output and "Traceback" not in output
+    assert "0 of 2 tasks pass. Optional exercises: 0 of 1 done." in output and "Traceback" not in output
+
+
+# ---------------------------------------------------------------- nbgrader agrees
+
+# a copied submission: the package's helper under another name, a copy of what a given cell left, the model's forward
+COPIED = {"patch_split": "cut = patchify\npatches = cut(x, P)  # (B, N, C*P*P)",
+          "pos_similarity": "similarity = similarity * 1  # (gh, gw, gh, gw)",
+          "top5": "logits = model(x)  # (B, C)\nprobs = logits.softmax(dim=-1)  # (B, C)\n"
+                  "top5_probs, top5_indices = probs.topk(5, dim=-1)  # (B, 5) each"}
+
+
+def submission(answers: dict[str, str]) -> nbformat.NotebookNode:
+    """The student version with ``answers`` (task -> code) in place of the stubs; the others left blank."""
+    source = solution_notebook()
+    student = student_version(source)
+    for cell in student.cells:
+        if task_of(cell) and task_of(cell)["task"] in answers:
+            cell.source = cell.source.replace(CODE_STUB, answers[task_of(cell)["task"]])
+    return student
+
+
+def autograded(submitted: nbformat.NotebookNode, source: nbformat.NotebookNode, folder: Path) -> dict[str, float]:
+    """nbgrader's autograde on a submission: its graded cells back from the source (what its OverwriteCells does,
+    hidden tests included), run by nbgrader's Execute preprocessor, scored by nbgrader's determine_grade."""
+    from nbgrader.preprocessors import Execute
+    from nbgrader.utils import determine_grade, is_grade
+
+    graded = {cell.metadata["nbgrader"]["grade_id"]: cell for cell in source.cells if is_grade(cell)}
+    notebook = nbformat.from_dict(copy.deepcopy(submitted))
+    for index, cell in enumerate(notebook.cells):
+        grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if grade_id in graded and cell.cell_type == "code":
+            notebook.cells[index] = copy.deepcopy(graded[grade_id])
+    Execute().preprocess(notebook, {"metadata": {"path": str(folder)}})
+    return {check_of(cell): determine_grade(cell)[0] for cell in notebook.cells if check_of(cell)}
+
+
+@pytest.mark.parametrize("answers, passing", [
+    ({task: code for task, (_, code, _) in TASK_CODE.items()}, TASK_NAMES),
+    ({}, []),
+    ({**{task: code for task, (_, code, _) in TASK_CODE.items()}, **COPIED}, ["qkv_split", "attention"]),
+], ids=["solved", "blank", "copied"])
+def test_nbgrader_autograde_and_vit_inspect_check_agree(tmp_path, answers, passing):
+    """Per task: nbgrader's points (1 or 0) for the graded check cell, and PASS/FAIL of vit-inspect check."""
+    submitted = submission(answers)
+    path = write(tmp_path / "submitted.ipynb", submitted)
+    checked = {task["task"]: task["status"] == "pass" for task in check_notebook(path).tasks}
+    points = autograded(submitted, solution_notebook(), tmp_path)
+    assert checked == {task: task in passing for task in TASK_NAMES}
+    assert points == {task: float(task in passing) for task in TASK_NAMES}, "nbgrader scores what the check says"
+
+
+def test_the_student_version_is_nbgraders_release_version():
+    """nbgrader's own ClearSolutions and ClearHiddenTests make the same code cells as make homework."""
+    from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
+
+    source = solution_notebook()
+    released, _ = ClearHiddenTests().preprocess(*ClearSolutions().preprocess(copy.deepcopy(source), {}))
+    ours = student_version(source)
+    assert [c.source for c in released.cells if c.cell_type == "code"] == \
+        [c.source for c in ours.cells if c.cell_type == "code"]
+
+
+def test_an_open_exercise_is_labelled_and_not_counted_as_a_failure():
+    checks = [{"name": "patches", "output": "patches", "status": "match", "expected_shape": [1, 196, 768]}]
+    tasks = [{"task": "patch_split", "title": "patch split", "status": "pass", "cell": 3, "checks": checks},
+             {"task": "patch_split", "title": "patch split (patch_size 32)", "status": "fail", "cell": 9,
+              "checks": [], "exercise": True, "error": "NotImplementedError (line 3: raise NotImplementedError())"}]
+    report = CheckReport("nb.ipynb", None, tasks, [], None)
+    output = format_report(report)
+    row = rows(output)["patch split (patch_size 32)"]
+    assert "(exercise)" in row[0] and "FAIL" not in row[0] and "advice:" in row[1]
+    assert report.failed == 0 and "1 of 1 tasks pass. Optional exercises: 0 of 1 done." in output
+
+
+def test_a_task_fails_when_its_graded_check_cell_raises():
+    """nbgrader scores the check cell (self-check and hidden tests): a failure there fails the task's row too."""
+    from vit_inspect.homework import _fail_on_graded_check
+    cell = new_code_cell('check_answer("top5")')
+    cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="the head by hand equals model(x)",
+                                           traceback=["Cell In[9], line 1"])]
+    task = {"task": "top5", "status": "pass", "advice": None}
+    _fail_on_graded_check(task, cell, 9)
+    assert task["status"] == "fail" and task["advice"].startswith("its graded check (In [9]) failed: AssertionError")
+    failed = {"task": "top5", "status": "fail", "advice": "your cell calls the model's own forward"}
+    _fail_on_graded_check(failed, cell, 9)
+    assert failed["advice"] == "your cell calls the model's own forward", "the task's own advice comes first"

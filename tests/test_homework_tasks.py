@@ -14,8 +14,11 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import to_tensor
 
 from vit_inspect import capture, create_untrained, load_image, preprocess, sample_images, tokens_with_position
+from vit_inspect import homework_tasks
 from vit_inspect.homework_tasks import (TASKS, _same_ranking, check_task, forget_outputs, helpers_called,
                                         same, same_up_to_channel_affine)
+
+from .mutation import fails, passes
 
 P = 16
 
@@ -209,7 +212,7 @@ MISTAKEN = {  # (task, mistake) -> the student's variables, computed the mistake
     ("layer_norm", "over_tokens"): lambda g: layer_norm(g, dim=-2),
     ("layer_norm", "norm2_parameters"): lambda g: (lambda n: {"normed": layer_norm(g, affine=False)["normed"]
                                                    * n.weight + n.bias})(g["block"].norm2),
-    ("mlp", "tanh_gelu"): lambda g: mlp(g, lambda t: F.gelu(t, approximate="tanh")),
+    ("mlp", "other_gelu"): lambda g: mlp(g, lambda t: F.gelu(t, approximate="tanh")),
     ("mlp", "relu"): lambda g: mlp(g, torch.relu),
     ("mlp", "no_activation"): lambda g: mlp(g, lambda t: t),
     ("mlp", "activation_after_fc2"): lambda g: mlp(g, act_after_fc2=True),
@@ -235,7 +238,7 @@ MISTAKEN = {  # (task, mistake) -> the student's variables, computed the mistake
 def run(task: str, g: dict, answers: dict, source: str = "") -> tuple[dict, dict]:
     with torch.no_grad():
         namespace = {"model": g["model"], "image_path": g["image_path"], "attention": g["attention"], **answers}
-        return check_task(task, namespace, source), namespace
+        return check_task(task, namespace, source, substitute=True), namespace
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -355,7 +358,7 @@ def test_an_exercise_renames_variables_and_sets_the_patch_size(given):
     assert result["title"] == "patch split (patch_size 32)", "the exercise's row is told from the walk-through's"
     namespace["patches_32"] = namespace["patches"]  # the 16-pixel patches where 32 were asked for
     with torch.no_grad():
-        result = check_task("patch_split", namespace, params=params)
+        result = check_task("patch_split", namespace, params=params, substitute=True)
     assert result["status"] == "fail" and "`patches_32` should be (B, N, C*P*P) = (1, 49, 3072)" in result["advice"]
     assert result["substituted"] == ["patches_32"] and namespace["patches_32"].shape == (1, 49, 3072)
     assert namespace["patches"].shape == (1, 196, 768), "the walk-through's own variable is left alone"
@@ -415,3 +418,183 @@ def test_a_renamed_exercise_is_titled_by_its_variables(given):
     assert result["status"] == "pass" and result["title"] == "position-embedding similarity (similarity_2)"
     assert check_task("pos_similarity", {"model": given["model"], "similarity": answers["similarity_2"]})["title"] \
         == "position-embedding similarity", "the walk-through's own row has no suffix"
+
+
+# ---------------------------------------------------------------- answers that are not the student's own work
+
+def _cheat_names(g) -> dict:
+    """What a student's notebook may hold beside the givens: the package's helpers under other names, modules."""
+    from vit_inspect import attention_rollout, mean_attention_distance, patchify, pos_embed_similarity
+    from vit_inspect.attention_by_hand import self_attention_by_hand
+    from vit_inspect.huggingface import split_qkv
+    block = g["block"]
+    return {"cut": patchify, "steps_of": self_attention_by_hand, "grab": capture, "sim": pos_embed_similarity,
+            "roll": attention_rollout, "mad": mean_attention_distance, "split": split_qkv, "norm": block.norm1,
+            "mlp": block.mlp, "normed2": block.norm2(g["z0"]), "qkv_weight": block.attn.qkv.weight, "F": F,
+            "x": g["x"], "z0": g["z0"], "block": block, "stream": g["stream"], "P": P}
+
+
+# task -> the cell's source computing the answer with the model's own forward, its module or the package's helper
+FORWARD_CHEATS = {
+    "patch_split": "patches = cut(x, P)  # (B, N, C*P*P)",
+    "qkv_split": "s = steps_of(block, z0)\nq, k, v = s['q'], s['k'], s['v']\n"
+                 "qkv_heads = s['qkv'].reshape(1, 197, 3, 3, 64)",
+    "attention": "scores = q @ k.transpose(-2, -1) / 8\nA = grab(model, x)['attention'][:, 0]",
+    "pos_similarity": "similarity = sim(model)",
+    "top5": "logits = model(x)\nprobs = logits.softmax(dim=-1)\ntop5_probs, top5_indices = probs.topk(5, dim=-1)",
+    "layer_norm": "normed = norm(z0)",
+    "mlp": "hidden = F.gelu(normed2 @ mlp.fc1.weight.T + mlp.fc1.bias)\nmlp_out = mlp(normed2)",
+    "rollout": "rollout = roll(attention)",
+    "attention_distance": "distances = mad(attention, (14, 14), 1, P)",
+    "param_count": "num_params = sum(p.numel() for p in model.parameters())",
+    "qkv_weight_split": "W_q, W_k, W_v = split(qkv_weight)",
+}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_an_answer_from_the_models_own_forward_or_the_packages_helper_fails(given, task):
+    with torch.no_grad():
+        answers = RIGHT[task](given)
+        result, _ = run(task, {**given}, {**_cheat_names(given), **answers}, FORWARD_CHEATS[task])
+    assert result["status"] == "fail" and result["checks"] and all(c["status"] == "match" for c in result["checks"])
+    words = "reads the answer off the model" if task == "param_count" else "computes the answer for you"
+    assert words in result["advice"] and result["advice"].startswith("your cell calls"), result["advice"]
+
+
+@pytest.mark.parametrize("source, what", [
+    ("logits = model.forward_head(model.forward_features(x))", "the model's own forward"),
+    ("net = model\nlogits = net(x)", "the model's own forward"),
+    ("logits = model.head(model.norm(stream)[:, 0])", "the model's own head module"),
+])
+def test_the_models_forward_is_recognised_under_any_name(given, source, what):
+    with torch.no_grad():
+        answers = head(given)
+        result, _ = run("top5", given, {**_cheat_names(given), "net": given["model"], **answers}, source)
+    assert result["status"] == "fail" and what in result["advice"], result["advice"]
+
+
+@pytest.mark.parametrize("source", ["normed = F.layer_norm(z0, (192,), norm.weight, norm.bias, norm.eps)",
+                                    "ln = torch.nn.LayerNorm(192)\nnormed = ln(z0)",
+                                    "normed = model.blocks[0].norm1(z0)"])
+def test_torchs_or_the_models_layer_norm_is_not_layer_norm_by_hand(given, source):
+    with torch.no_grad():
+        result, _ = run("layer_norm", given, {**_cheat_names(given), "torch": torch, **layer_norm(given)}, source)
+    assert result["status"] == "fail" and "LayerNorm" in result["advice"], result["advice"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_copy_of_the_reference_fails(given, task):
+    """The answer read from a variable that already held it (what `expected = model(x)` above the blank allowed)."""
+    with torch.no_grad():
+        answers = RIGHT[task](given)
+    first = next(iter(TASKS[task].outputs))
+    namespace = {**answers, "expected": answers[first]}
+    source = f"{first} = expected * 1"
+    result, _ = run(task, given, namespace, source)
+    assert result["status"] == "fail", result
+    assert "reads `expected`, which already holds the answer" in result["advice"], result["advice"]
+
+
+def test_the_answer_typed_in_or_read_off_another_model_fails(given):
+    with torch.no_grad():
+        total = count(given)["num_params"]
+        result, _ = run("param_count", given, {"num_params": total}, f"num_params = {total}  # from the heading")
+        assert result["status"] == "fail" and "types the answer (5,717,416)" in result["advice"], result["advice"]
+        other = torch.nn.Linear(192, 192)  # transformers' q_proj: the same weight, another model
+        other.weight.copy_(weight_split(given)["W_q"])
+        answers = {**weight_split(given), "hf_q": other}
+        result, _ = run("qkv_weight_split", given, answers, "W_q = hf_q.weight\nW_k, W_v = 1, 2")
+    assert result["status"] == "fail" and "reads `hf_q.weight`" in result["advice"], result["advice"]
+
+
+def test_reaching_into_the_self_check_fails(given):
+    with torch.no_grad():
+        answers = qkv_split(given)
+    for source in ("from vit_inspect.homework_tasks import TASKS\nq = TASKS['qkv_split']",
+                   "q = __import__('vit_inspect.homework_tasks').homework_tasks.check_task('qkv_split', {})"):
+        result, _ = run("qkv_split", given, answers, source)
+        assert result["status"] == "fail" and "self-check's own module" in result["advice"], result["advice"]
+
+
+def test_by_hand_answers_with_their_sources_pass(given):
+    """The walk-through's own code reads given tensors and the model's weights: nothing there is a cheat."""
+    sources = {"top5": TOP5_BY_HAND, "mlp": "hidden = F.gelu(normed2 @ mlp.fc1.weight.T + mlp.fc1.bias)\n"
+               "mlp_out = hidden @ mlp.fc2.weight.T + mlp.fc2.bias", "qkv_weight_split":
+               "W_q, W_k, W_v = qkv_weight[:D], qkv_weight[D:2 * D], qkv_weight[2 * D:]",
+               "param_count": "num_params = 3 * 16 * 16 * D + D + D + 197 * D"}
+    for task, source in sources.items():
+        with torch.no_grad():
+            result, _ = run(task, given, {**_cheat_names(given), "D": 192, **RIGHT[task](given)}, source)
+        assert result["status"] == "pass", (task, result["advice"])
+
+
+TOP5_BY_HAND = """\
+y = model.norm(stream)[:, 0]  # (B, D)
+logits = y @ model.head.weight.T + model.head.bias  # (B, C)
+probs = logits.softmax(dim=-1)  # (B, C)
+top5_probs, top5_indices = probs.topk(5, dim=-1)  # (B, 5) each"""
+
+
+def test_the_mlp_advice_follows_the_gelu_of_the_module_in_hand(tiny):
+    """timm's ViT uses the exact GELU, the original JAX ViT flax's nn.gelu (tanh by default): compare with mlp.act."""
+    jax_like = copy.deepcopy(tiny)
+    for block in jax_like.blocks:
+        block.mlp.act = torch.nn.GELU(approximate="tanh")
+    g = givens(jax_like)
+    with torch.no_grad():
+        tanh_answer = mlp(g, lambda t: F.gelu(t, approximate="tanh"))
+        exact_answer = mlp(g)
+    assert run("mlp", g, tanh_answer)[0]["status"] == "pass", "the module's own tanh GELU is right for this model"
+    result, _ = run("mlp", g, exact_answer)
+    assert result["mistake"] == "other_gelu" and "mlp.act.approximate" in result["advice"]
+    assert "flax" in result["advice"] and "timm" in result["advice"]
+
+
+def test_check_answer_raises_with_the_advice_and_reads_the_last_cell_that_assigned(given):
+    from vit_inspect.homework_tasks import check_answer
+    with torch.no_grad():
+        right = head(given)
+        namespace = {**_cheat_names(given), "model": given["model"], "image_path": given["image_path"], **right,
+                     "In": ["", TOP5_BY_HAND, "print(logits)"]}
+        check_answer("top5", namespace)  # passes: the by-hand cell
+        namespace["In"].append("logits = model(x)  # redone the easy way")
+        with pytest.raises(AssertionError, match="model's own forward"):
+            check_answer("top5", namespace)
+        namespace["logits"] = torch.zeros(1, 1000)
+        with pytest.raises(AssertionError, match="classification head and top-5: "):
+            check_answer("top5", namespace)
+    assert namespace["logits"].abs().sum() == 0, "the self-check substitutes nothing"
+
+
+def test_a_name_read_before_the_cell_assigns_it_is_read_from_outside(given):
+    with torch.no_grad():
+        answers = similarity(given)
+        result, _ = run("pos_similarity", given, answers, "similarity = similarity * 1")
+    assert result["status"] == "fail" and "reads `similarity`" in result["advice"], result["advice"]
+    with torch.no_grad():
+        result, _ = run("pos_similarity", given, answers, "unit = F.normalize(model.pos_embed[0, 1:], dim=-1)\n"
+                        "similarity = (unit @ unit.T).reshape(14, 14, 14, 14)\nsimilarity = similarity * 1")
+    assert result["status"] == "pass", "a name the cell assigned first is the cell's own"
+
+
+def recognises_three_cheats(given) -> None:
+    """The model's forward through a bound method, the package's helper renamed, a variable holding the answer."""
+    with torch.no_grad():
+        forward, _ = run("top5", given, {**_cheat_names(given), **head(given)},
+                         "logits = model.forward_head(model.forward_features(x))")
+        renamed, _ = run("patch_split", given, {**_cheat_names(given), **RIGHT["patch_split"](given)},
+                         "patches = cut(x, P)")
+        copied, _ = run("pos_similarity", given, similarity(given), "similarity = similarity * 1")
+    results = (forward, renamed, copied)
+    assert [r["status"] for r in results] == ["fail"] * 3, [r["advice"] for r in results]
+
+
+@pytest.mark.parametrize("name, bug", [
+    ("FORWARD_METHODS", ()),                                        # model.forward_head(...) not seen as the model
+    ("resolve", lambda node, namespace: homework_tasks._UNRESOLVED),  # names spelled, not resolved: `cut` = patchify
+    ("_is_value", lambda value: False),                             # values read from outside never compared
+], ids=["bound_forward", "no_resolution", "no_copy_check"])
+def test_mutation_in_the_cheat_checks_is_caught(given, monkeypatch, name, bug):
+    passes(recognises_three_cheats, given)
+    monkeypatch.setattr(homework_tasks, name, bug)
+    fails(recognises_three_cheats, given)

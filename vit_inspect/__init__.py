@@ -62,6 +62,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                  "run_ablations", "digits_writers"),
     "attention_explorer": ("explorer",),
     "explanations": ("METHODS", "explain"),
+    # the homework's self-check, called by the graded cell after each task cell
+    "homework_tasks": ("check_answer",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

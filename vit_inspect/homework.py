@@ -7,9 +7,12 @@ students redo the walk-through's code in a notebook and explain each result:
   notebook into the student's: code between nbgrader's markers ``### BEGIN SOLUTION`` and
   ``### END SOLUTION`` becomes ``# YOUR CODE HERE`` + ``raise NotImplementedError()``, a
   cell marked as an nbgrader solution without markers (the "explain this result" answers)
-  becomes ``YOUR ANSWER HERE``, outputs are cleared, and everything else - the asserts
-  that check the student's tensors included - is kept. Same markers and cell metadata as
-  nbgrader, so a course that runs nbgrader can use the solution notebooks as its source.
+  becomes ``YOUR ANSWER HERE``, the hidden tests between ``### BEGIN HIDDEN TESTS`` and
+  ``### END HIDDEN TESTS`` go (they compare with the answer), outputs are cleared, and
+  everything else - the shape asserts and the self-check cells - is kept. Same markers and
+  cell metadata as nbgrader, so a course that runs nbgrader can use the solution notebooks
+  as its source: each task's check cell (``{"vit_inspect": {"check": NAME}}``) is an
+  nbgrader autograder-tests cell with points, exercises' check cells are read-only.
 - :func:`check_notebook` executes a student's notebook in a fresh kernel, one cell at a
   time. After each task cell (cell metadata ``{"vit_inspect": {"task": NAME}}``) it asks
   :mod:`vit_inspect.homework_tasks`, inside that same kernel, to compare the student's
@@ -34,6 +37,8 @@ from .errors import VitInspectError
 
 BEGIN_SOLUTION = "### BEGIN SOLUTION"
 END_SOLUTION = "### END SOLUTION"
+BEGIN_HIDDEN = "### BEGIN HIDDEN TESTS"
+END_HIDDEN = "### END HIDDEN TESTS"
 CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 TEXT_STUB = "YOUR ANSWER HERE"
 TASK_KEY = "vit_inspect"  # cell metadata: {"vit_inspect": {"task": "qkv_split", "block": 8, "names": {...}}}
@@ -55,25 +60,27 @@ def has_solutions(notebook: nbformat.NotebookNode) -> bool:
                for cell in notebook.cells)
 
 
-def clear_solution_regions(source: str, stub: str, where: str) -> tuple[str, bool]:
-    """Replace each ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` region by ``stub``, indented like it."""
+def clear_solution_regions(source: str, stub: str, where: str,
+                           markers: tuple[str, str] = (BEGIN_SOLUTION, END_SOLUTION)) -> tuple[str, bool]:
+    """Replace each ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` region (or other ``markers``) by ``stub``."""
+    begin, end = markers
     lines, inside, replaced = [], False, False
     for line in source.split("\n"):
         marker = line.strip()
-        if marker == BEGIN_SOLUTION:
+        if marker == begin:
             if inside:
-                raise VitInspectError(f"{where}: {BEGIN_SOLUTION} inside another solution region")
+                raise VitInspectError(f"{where}: {begin} inside another region")
             inside = replaced = True
             indent = line[:len(line) - len(line.lstrip())]
-            lines += [indent + stub_line for stub_line in stub.split("\n")]
-        elif marker == END_SOLUTION:
+            lines += [indent + stub_line for stub_line in stub.split("\n")] if stub else []
+        elif marker == end:
             if not inside:
-                raise VitInspectError(f"{where}: {END_SOLUTION} without a {BEGIN_SOLUTION} before it")
+                raise VitInspectError(f"{where}: {end} without a {begin} before it")
             inside = False
         elif not inside:
             lines.append(line)
     if inside:
-        raise VitInspectError(f"{where}: {BEGIN_SOLUTION} without an {END_SOLUTION}")
+        raise VitInspectError(f"{where}: {begin} without an {end}")
     return "\n".join(lines), replaced
 
 
@@ -83,6 +90,7 @@ def student_version(notebook: nbformat.NotebookNode, name: str = "notebook") -> 
     for index, cell in enumerate(student.cells):
         stub = CODE_STUB if cell.cell_type == "code" else TEXT_STUB
         cell.source, replaced = clear_solution_regions(cell.source, stub, f"{name} cell {index}")
+        cell.source, _ = clear_solution_regions(cell.source, "", f"{name} cell {index}", (BEGIN_HIDDEN, END_HIDDEN))
         if is_solution_cell(cell) and not replaced:
             cell.source = stub
         if cell.cell_type == "code":
@@ -141,13 +149,19 @@ class CheckReport(NamedTuple):
 
     @property
     def failed(self) -> int:
-        return sum(task["status"] != "pass" for task in self.tasks)
+        """Required tasks that fail; an optional exercise left open does not count."""
+        return sum(task["status"] != "pass" for task in self.tasks if not task.get("exercise"))
 
 
 def task_of(cell: nbformat.NotebookNode) -> dict[str, Any] | None:
     """The task a code cell carries in its metadata (``{"task": NAME, ...params}``), or None."""
     spec = cell.get("metadata", {}).get(TASK_KEY, {})
     return dict(spec) if cell.cell_type == "code" and spec.get("task") else None
+
+
+def check_of(cell: nbformat.NotebookNode) -> str | None:
+    """The task whose graded self-check a code cell is (``{"check": NAME}``), or None."""
+    return cell.get("metadata", {}).get(TASK_KEY, {}).get("check") if cell.cell_type == "code" else None
 
 
 def task_cells(notebook: nbformat.NotebookNode) -> list[int]:
@@ -242,8 +256,9 @@ def _run_cells(client, notebook: nbformat.NotebookNode, tasks: list, other_error
     from nbclient.exceptions import DeadKernelError
 
     specs = [task_of(cell) for cell in notebook.cells]  # read first: nbclient stores what it runs at its index
+    checks = [check_of(cell) for cell in notebook.cells]
     count = 0
-    for index, (cell, spec) in enumerate(zip(notebook.cells, specs)):
+    for index, (cell, spec, check) in enumerate(zip(notebook.cells, specs, checks)):
         if cell.cell_type != "code" or not cell.source.strip():
             continue
         count += 1
@@ -256,14 +271,25 @@ def _run_cells(client, notebook: nbformat.NotebookNode, tasks: list, other_error
             if spec:
                 check = _kernel_call("report_task", repr(spec["task"]), "globals()", repr(cell.source), repr(params))
                 client.execute_cell(check, index, store_history=False)
-                tasks.append({**_result_of(check, spec), "cell": count, "error": error_of(cell)})
+                tasks.append({**_result_of(check, spec), "cell": count, "error": error_of(cell),
+                              "exercise": bool(spec.get("exercise"))})
+            elif check and tasks and tasks[-1]["task"] == check:
+                _fail_on_graded_check(tasks[-1], cell, count)
             elif error_of(cell):
                 other_errors.append(f"In [{count}]: {error_of(cell)}")
         except DeadKernelError:
             tasks += [{"task": later["task"], "title": later["task"], "status": "fail", "cell": None, "checks": [],
-                       "error": None, "advice": "not run: the kernel died"} for later in specs[index:] if later]
+                       "error": None, "advice": "not run: the kernel died", "exercise": bool(later.get("exercise"))}
+                      for later in specs[index:] if later]
             return f"the kernel died at In [{count}] (out of memory?); the tasks from there on were not run"
     return None
+
+
+def _fail_on_graded_check(task: dict[str, Any], cell: nbformat.NotebookNode, count: int) -> None:
+    """A task that passed fails when its graded cell (the self-check and nbgrader's hidden tests) raised."""
+    error = error_of(cell)
+    if error and task["status"] == "pass":
+        task.update(status="fail", advice=f"its graded check (In [{count}]) failed: {error}")
 
 
 # ---------------------------------------------------------------- the table
@@ -286,7 +312,7 @@ def _found(task: dict[str, Any]) -> str:
         names = [c["name"] for c in checks if c["status"] == status]
         if names:
             parts.append(f"{', '.join(names)}: {words}")
-    return "; ".join(parts)
+    return "; ".join(parts) or "the values match the reference, but see the advice"
 
 
 def _advice(task: dict[str, Any]) -> str:
@@ -307,7 +333,7 @@ def format_report(report: CheckReport) -> str:
     lines += ["", f"  {'cell':<8}{'task':<{width + 2}}result"]
     for task in report.tasks:
         cell = f"In [{task['cell']}]" if task.get("cell") else "-"
-        result = "PASS" if task["status"] == "pass" else "FAIL"
+        result = "PASS" if task["status"] == "pass" else "(exercise)" if task.get("exercise") else "FAIL"
         lines.append(f"  {cell:<8}{task['title']:<{width + 2}}{result}  {_found(task)}")
         if task["status"] != "pass":
             lines.append(f"  {'':<8}{'':<{width + 2}}      advice: {_advice(task)}")
@@ -316,8 +342,11 @@ def format_report(report: CheckReport) -> str:
         lines += ["other cells that raised (not tasks):"] + [f"  {error}" for error in report.other_errors] + [""]
     if report.stopped:
         lines += [report.stopped, ""]
-    passed = len(report.tasks) - report.failed
-    lines.append(f"{passed} of {len(report.tasks)} tasks pass." + (
-        " A failed task's variables were replaced by the reference, so each task after it is checked on its own."
-        if report.failed else ""))
+    required = [task for task in report.tasks if not task.get("exercise")]
+    exercises = [task for task in report.tasks if task.get("exercise")]
+    done = sum(task["status"] == "pass" for task in exercises)
+    lines.append(f"{len(required) - report.failed} of {len(required)} tasks pass."
+                 + (f" Optional exercises: {done} of {len(exercises)} done." if exercises else "")
+                 + (" A failed task's variables were replaced by the reference, so each task after it is checked on "
+                    "its own." if report.failed or done < len(exercises) else ""))
     return "\n".join(lines)

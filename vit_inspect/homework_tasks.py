@@ -10,12 +10,20 @@ classic mistakes would give (qkv without norm1, no 1/sqrt(d), patches from the
 un-resized image, ...), and the advice names the first one that matches. A failed task's
 variables are then replaced by the reference, so each later task is checked on its own.
 
+A right value is not enough: the cell's source, read against the kernel's objects, must not
+call what computes the answer (the model's own forward or module, torch's ready-made op, the
+package's helper under any name, the checker) nor read a variable that already holds it or
+type it in (:func:`cheats`). The notebooks' graded check cells call :func:`check_answer`,
+which runs the same check in the student's own kernel and raises with the advice: the
+reference never appears in the notebook, where the student's code could read it.
+
 A new task (an exercise with a reference) is one :class:`Task` entry in :data:`TASKS`.
 """
 from __future__ import annotations
 
 import ast
 import math
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
@@ -28,7 +36,7 @@ from torchvision.transforms.functional import to_tensor
 from .attention_by_hand import self_attention_by_hand
 from .attention_maps import attention_rollout, mean_attention_distance, patch_distances
 from .classification_head import head_by_hand
-from .encoder_stack import gelu_tanh, linear_by_hand, run_blocks_one_at_a_time
+from .encoder_stack import gelu_exact, gelu_tanh, linear_by_hand, run_blocks_one_at_a_time
 from .images import data_config_of, load_image, preprocess
 from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
 from .patches import patchify
@@ -200,6 +208,8 @@ class Task:
     views: Callable = batch_views
     comparators: dict[str, Callable] = field(default_factory=dict)
     tolerance: float = RELATIVE_TOLERANCE   # tighter where a mistake differs by less than 1e-4 (tanh GELU)
+    forbidden: Callable[[Context], list[tuple[str, Any]]] = lambda ctx: []  # (what, object) whose call is the answer
+    forbidden_methods: tuple[str, ...] = ()  # method names whose call reads the answer off the model (numel)
 
 
 def _patch_reference(ctx: Context) -> Tensors:
@@ -426,6 +436,7 @@ TOP5 = Task(
     ),
     by_hand=("head_by_hand", "classify_by_hand", "top_k"),
     comparators={"top5_indices": _same_ranking},
+    forbidden=lambda ctx: [("the model's own forward", ctx.model), ("the model's own head module", ctx.model.head)],
 )
 
 def _layer_norm(z: torch.Tensor, norm: nn.LayerNorm, eps: float | None = None, dim: int = -1,
@@ -439,6 +450,13 @@ def _layer_norm(z: torch.Tensor, norm: nn.LayerNorm, eps: float | None = None, d
 
 def _norm1_mistake(ctx: Context, norm: nn.LayerNorm | None = None, **knobs) -> Tensors:
     return {"normed": _layer_norm(ctx.block_input, norm or ctx.block.norm1, **knobs)}  # (B, N, D)
+
+
+def _layer_norms(model: nn.Module) -> list[tuple[str, Any]]:
+    """The model's own LayerNorm modules and torch's ready-made LayerNorm: calling any of them is the answer."""
+    own = [(f"the model's own LayerNorm `{name}`", module) for name, module in model.named_modules()
+           if isinstance(module, nn.LayerNorm)]
+    return own + [("torch's LayerNorm", op) for op in (F.layer_norm, torch.layer_norm, nn.LayerNorm)]
 
 
 LAYER_NORM = Task(
@@ -461,26 +479,41 @@ LAYER_NORM = Task(
     ),
     by_hand=("layer_norm_by_hand", "layer_norm"),
     tolerance=1e-5,  # PyTorch's default eps changes ViT-B's LayerNorm by about 1e-4
+    forbidden=lambda ctx: _layer_norms(ctx.model),
 )
 
 
 def _mlp_steps(ctx: Context, act: Callable | None = None, act_after_fc2: bool = False) -> Tensors:
     mlp = ctx.block.mlp
-    act = act or mlp.act  # the model's own: the exact GELU for ViT-B
+    act = act or mlp.act  # the module in hand: nn.GELU() (exact, erf) in timm's ViT-B/16
     hidden = act(mlp.fc1(ctx.block.norm2(ctx.block_input)))  # (B, N, 4D)
     out = mlp.fc2(mlp.norm(hidden))  # (B, N, D)
     return {"hidden": hidden, "mlp_out": act(out) if act_after_fc2 else out}
+
+
+def _other_gelu(ctx: Context) -> Tensors:
+    """The GELU form the model does not use: tanh where its act is exact, exact where it is the tanh one."""
+    tanh = getattr(ctx.block.mlp.act, "approximate", "none") == "tanh"
+    return _mlp_steps(ctx, gelu_exact if tanh else gelu_tanh)
+
+
+def _mlp_modules(ctx: Context) -> list[tuple[str, Any]]:
+    mlp = ctx.block.mlp
+    return [("the model's own MLP module", mlp), ("the MLP's own fc1 module", mlp.fc1),
+            ("the MLP's own fc2 module", mlp.fc2), ("the model's own block", ctx.block)]
 
 
 MLP = Task(
     name="mlp", title="MLP by hand",
     outputs={"hidden": "(B, N, 4*D)", "mlp_out": "(B, N, D)"},
     reference=_mlp_steps,
-    hint="hidden = GELU(x @ fc1.weight.T + fc1.bias) with the exact GELU, x Phi(x); "
-         "mlp_out = hidden @ fc2.weight.T + fc2.bias",
+    hint="hidden = GELU(x @ fc1.weight.T + fc1.bias) in the form the module uses (mlp.act.approximate: 'none' is "
+         "the exact x Phi(x), 'tanh' the tanh approximation); mlp_out = hidden @ fc2.weight.T + fc2.bias",
     mistakes=(
-        Mistake("tanh_gelu", "the tanh approximation of GELU: ViT-B uses the exact GELU, x Phi(x) with erf "
-                "(F.gelu without approximate=)", lambda ctx: _mlp_steps(ctx, gelu_tanh)),
+        Mistake("other_gelu", "the other form of GELU than this model's: timm's ViT-B/16 uses nn.GELU() (approximate="
+                "'none'), the exact x Phi(x) with erf, while the original JAX ViT calls flax's nn.gelu, whose default "
+                "is the tanh approximation; use the form of the module in hand (read mlp.act.approximate)",
+                _other_gelu),
         Mistake("relu", "ReLU instead of GELU: the ViT MLP uses GELU, x Phi(x), smooth and negative just below 0",
                 lambda ctx: _mlp_steps(ctx, F.relu)),
         Mistake("no_activation", "no non-linearity between fc1 and fc2: two linear layers in a row are just one "
@@ -490,6 +523,7 @@ MLP = Task(
     ),
     by_hand=("mlp_by_hand",),
     tolerance=1e-5,  # the tanh GELU changes ViT-B's MLP by about 2e-4, a ViT-Ti's by less than 1e-4
+    forbidden=_mlp_modules,
 )
 
 
@@ -598,6 +632,7 @@ PARAM_COUNT = Task(
                 lambda ctx: {"num_params": _count(ctx)["num_params"] - ctx.model.cls_token.numel()}),
     ),
     by_hand=("parameter_table", "parameter_groups"),
+    forbidden_methods=("numel", "parameters", "named_parameters", "state_dict", "nelement"),
 )
 
 
@@ -691,15 +726,20 @@ def find_mistake(task: Task, ctx: Context, students: dict[str, Any], failing: li
     return None
 
 
-def helpers_called(task: Task, source: str) -> list[str]:
-    """Helpers from ``task.by_hand`` called on the right of an assignment in the cell (the answer itself)."""
+def parse_cell(source: str) -> ast.Module | None:
+    """The cell's code as a tree, IPython magics and shell escapes blanked; None if it does not parse."""
     code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
     try:
-        tree = ast.parse(code)
+        return ast.parse(code)
     except SyntaxError:
-        return []
+        return None
+
+
+def helpers_called(task: Task, source: str) -> list[str]:
+    """Helpers from ``task.by_hand`` called on the right of an assignment in the cell (the answer itself)."""
+    tree = parse_cell(source)
     called = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(tree) if tree else ():
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and node.value is not None:
             for call in ast.walk(node.value):
                 if isinstance(call, ast.Call):
@@ -708,6 +748,155 @@ def helpers_called(task: Task, source: str) -> list[str]:
                     if name in task.by_hand:
                         called.add(name)
     return sorted(called)
+
+
+# ---------------------------------------------------------------- answers that are not the student's own work
+
+CHECKER_MODULES = ("vit_inspect.homework_tasks", "vit_inspect.homework")
+FORWARD_METHODS = ("forward", "forward_features", "forward_head", "forward_intermediates", "__call__")
+_UNRESOLVED = object()
+
+
+def stored_names(tree: ast.AST) -> set[str]:
+    """Every name the cell assigns (targets, loop variables, imports)."""
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
+    return names | {(alias.asname or alias.name).split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+
+
+def resolve(node: ast.AST, namespace: dict[str, Any]) -> Any:
+    """What a plain name, attribute or constant subscript (``model.blocks[0].mlp``) denotes now; no call is made."""
+    try:
+        if isinstance(node, ast.Name):
+            builtins = namespace.get("__builtins__", {})
+            builtins = builtins if isinstance(builtins, dict) else vars(builtins)
+            return namespace[node.id] if node.id in namespace else builtins.get(node.id, _UNRESOLVED)
+        if isinstance(node, ast.Attribute):
+            owner = resolve(node.value, namespace)
+            return _UNRESOLVED if owner is _UNRESOLVED else getattr(owner, node.attr)
+        if isinstance(node, ast.Subscript):
+            owner, key = resolve(node.value, namespace), _index(node.slice, namespace)
+            return _UNRESOLVED if _UNRESOLVED in (owner, key) else owner[key]
+        if isinstance(node, ast.Constant):
+            return node.value
+    except Exception:  # a name the cell deleted, an index out of range: simply not resolved
+        pass
+    return _UNRESOLVED
+
+
+def _index(node: ast.AST, namespace: dict[str, Any]) -> Any:
+    if isinstance(node, ast.Slice):
+        parts = [None if part is None else resolve(part, namespace) for part in (node.lower, node.upper, node.step)]
+        return _UNRESOLVED if _UNRESOLVED in parts else slice(*parts)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        value = resolve(node.operand, namespace)
+        return -value if isinstance(value, int) else _UNRESOLVED
+    value = resolve(node, namespace)
+    return value if isinstance(value, (int, str)) else _UNRESOLVED
+
+
+def _is_checker(target: Any) -> bool:
+    name = getattr(target, "__name__", "") if isinstance(target, type(ast)) else getattr(target, "__module__", "")
+    return isinstance(name, str) and name in CHECKER_MODULES
+
+
+def _forbidden_call(task: Task, target: Any, forbidden: list[tuple[str, Any]]) -> str | None:
+    """What a call of ``target`` is, if the task forbids it: the model's module, torch's own op, the checker."""
+    owner = getattr(target, "__self__", None)
+    if getattr(target, "__name__", None) in FORWARD_METHODS and owner is not None:
+        target = owner  # model.forward(x), model.forward_head(z): the module's own forward
+    for what, thing in forbidden:
+        if target is thing or (isinstance(thing, type) and isinstance(target, type) and issubclass(target, thing)):
+            return what
+    module = getattr(target, "__module__", "") or ""
+    if getattr(target, "__name__", None) in task.by_hand and module.startswith(("vit_inspect", "torch", "timm")):
+        return f"the package's {target.__name__}"  # under whatever name the cell gave it
+    return "the self-check itself" if _is_checker(target) else None
+
+
+def forbidden_calls(task: Task, tree: ast.AST, namespace: dict[str, Any],
+                    forbidden: list[tuple[str, Any]]) -> list[str]:
+    """Advice for each call in the cell that computes the answer instead of the student: resolved by object."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            if any(module in CHECKER_MODULES for module in modules):
+                found.append("your cell imports the self-check's own module: compute the answer yourself")
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and any(
+                module in node.value for module in CHECKER_MODULES):
+            found.append("your cell reaches into the self-check's own module: compute the answer yourself")
+        if not isinstance(node, ast.Call):
+            continue
+        code = ast.unparse(node.func)
+        if isinstance(node.func, ast.Attribute) and node.func.attr in task.forbidden_methods:
+            found.append(f"your cell calls `{code}()`, which reads the answer off the model: "
+                         "compute it from the configuration")
+            continue
+        what = _forbidden_call(task, resolve(node.func, namespace), forbidden)
+        if what:
+            found.append(f"your cell calls {what} (`{code}(...)`), which computes the answer for you: "
+                         "compute it by hand")
+    return list(dict.fromkeys(found))
+
+
+def copied_answers(task: Task, tree: ast.Module, namespace: dict[str, Any], reference: Tensors) -> list[str]:
+    """Advice for values the cell reads from outside that already are the answer, and for the answer typed in.
+
+    A name is read from outside where a statement uses it before the cell has assigned it
+    (``similarity = similarity * 1`` included: the right side runs first).
+    """
+    defined, found = set(), []
+    for statement in tree.body:
+        for node in ast.walk(statement):
+            found += _typed_answer(node, reference) + _read_answer(task, node, namespace, defined, reference)
+        defined |= stored_names(statement)
+    return list(dict.fromkeys(found))
+
+
+def _typed_answer(node: ast.AST, reference: Tensors) -> list[str]:
+    if not isinstance(node, ast.Constant) or not _is_value(node.value):
+        return []
+    return [f"your cell types the answer ({node.value:,}) as a number: compute `{name}`"
+            for name, expected in reference.items()
+            if expected.ndim == 0 and abs(node.value) > 1 and same(torch.tensor(node.value), expected)]
+
+
+def _read_answer(task: Task, node: ast.AST, namespace: dict[str, Any], defined: set[str],
+                 reference: Tensors) -> list[str]:
+    if not isinstance(node, (ast.Name, ast.Attribute, ast.Subscript)) or not isinstance(node.ctx, ast.Load):
+        return []
+    if isinstance(node, ast.Subscript) and not _is_key(node.slice):
+        return []  # weight[:D] is a computation, results["logits"] a look-up
+    root = node
+    while isinstance(root, (ast.Attribute, ast.Subscript)):
+        root = root.value
+    if not isinstance(root, ast.Name) or root.id in defined:
+        return []
+    value = resolve(node, namespace)
+    value = as_tensor(value) if _is_value(value) else None
+    if value is None:
+        return []
+    return [f"your cell reads `{ast.unparse(node)}`, which already holds the answer (`{name}`): compute it in "
+            "this cell" for name, expected in reference.items()
+            if (value.numel() > 1 if expected.ndim else value.ndim == 0) and same(value, expected, task.views)]
+
+
+def _is_key(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+def _is_value(value: Any) -> bool:
+    return isinstance(value, (torch.Tensor, int, float)) and not isinstance(value, bool)
+
+
+def cheats(task: Task, ctx: Context, source: str, reference: Tensors) -> list[str]:
+    """Why the cell's answer is not the student's own work (empty if it is): its source read against the kernel."""
+    tree = parse_cell(source)
+    if tree is None:
+        return []
+    found = forbidden_calls(task, tree, ctx.namespace, task.forbidden(ctx))
+    return found + copied_answers(task, tree, ctx.namespace, reference)
 
 
 def generic_advice(task: Task, check: dict[str, Any]) -> str:
@@ -731,13 +920,16 @@ def where(task: Task, params: dict[str, Any]) -> str:
 
 
 def check_task(name: str, namespace: dict[str, Any], source: str = "", params: dict[str, Any] | None = None,
-               substitute: bool = True) -> dict[str, Any]:
+               substitute: bool = False) -> dict[str, Any]:
     """Check the variables of task ``name`` in ``namespace`` against the reference; a JSON-ready dict.
 
     Keys: task, title, status ("pass" | "fail"), checks (one dict per variable: name,
     status, shape, expected_shape, max_difference), mistake and advice (for a failure),
     helpers (package helpers the cell called instead of doing the task by hand),
-    substituted (variables replaced by the reference). Never raises: a problem of the
+    cheats (why the answer is not the cell's own work: the model's own forward or module called,
+    the package's helper under any name, a variable that already held the answer read, the
+    answer typed in), substituted (variables replaced by the reference, only with
+    ``substitute``: ``vit-inspect check`` does, the in-notebook self-check does not). Never raises: a problem of the
     checker itself comes back as a failure whose advice says so.
     """
     task = TASKS.get(name)
@@ -763,8 +955,11 @@ def _evaluate(task: Task, ctx: Context, namespace: dict[str, Any], source: str, 
     checks = [compare_output(task, output, students[output], reference, names[output]) for output in task.outputs]
     failing = [check for check in checks if check["status"] != "match"]
     helpers = helpers_called(task, source)
+    found = cheats(task, ctx, source, reference)
     mistake = find_mistake(task, ctx, students, [check["output"] for check in failing]) if failing else None
-    if mistake:
+    if found:
+        advice = found[0]
+    elif mistake:
         advice = mistake.advice
     elif failing:
         advice = generic_advice(task, failing[0])
@@ -774,15 +969,45 @@ def _evaluate(task: Task, ctx: Context, namespace: dict[str, Any], source: str, 
     for output in substituted:  # later tasks are then checked on their own, not on this one's error
         namespace[names[output]] = reference[output].clone()
     substituted = [names[output] for output in substituted]
-    return {"status": "fail" if failing or helpers else "pass", "checks": checks, "helpers": helpers,
-            "mistake": mistake.name if mistake else None, "advice": advice, "substituted": substituted}
+    return {"status": "fail" if failing or helpers or found else "pass", "checks": checks, "helpers": helpers,
+            "cheats": found, "mistake": mistake.name if mistake else None, "advice": advice,
+            "substituted": substituted}
 
 
 def report_task(name: str, namespace: dict[str, Any], source: str = "", params: dict[str, Any] | None = None) -> None:
     """:func:`check_task`, shown as a JSON display bundle that ``vit-inspect check`` reads back."""
     from IPython.display import display
 
-    result = check_task(name, namespace, source, params)
+    result = check_task(name, namespace, source, params, substitute=True)
     provenance = namespace.get("provenance")
     result["weights"] = getattr(provenance, "label", None)
     display({RESULT_MIME: result}, raw=True)
+
+
+def task_source(task: Task, namespace: dict[str, Any], params: dict[str, Any]) -> str:
+    """The last cell run in this kernel (IPython's ``In``) that assigns one of the task's variables, or ""."""
+    wanted = {variable(output, params) for output in task.outputs}
+    for source in reversed(namespace.get("In", []) or []):
+        tree = parse_cell(source) if isinstance(source, str) else None
+        if tree is not None and wanted & stored_names(tree):
+            return source
+    return ""
+
+
+def check_answer(name: str, namespace: dict[str, Any] | None = None, **params: Any) -> None:
+    """The notebook's self-check of task ``name``: raises AssertionError with the advice unless it passes.
+
+    Called in the graded cell after a task cell (``check_answer("top5")``). It reads the
+    notebook's variables (the caller's globals unless ``namespace`` is given) and the last
+    cell that assigned them, computes the reference here - never in the notebook, where the
+    student's code could read it - and fails a right value that the cell did not compute
+    itself. ``params`` as in the task cell's metadata (``block``, ``patch_size``, ``names``).
+    Changes nothing in the notebook.
+    """
+    namespace = sys._getframe(1).f_globals if namespace is None else namespace
+    task = TASKS.get(name)
+    source = task_source(task, namespace, params) if task else ""
+    result = check_task(name, namespace, source, params)
+    if result["status"] != "pass":
+        raise AssertionError(f"{result['title']}: {result['advice']}")
+    print(f"self-check passed: {result['title']}")
