@@ -14,7 +14,7 @@ from vit_inspect import fine_tuning
 from vit_inspect.cli import main
 from vit_inspect.errors import VitInspectError
 from vit_inspect.fine_tuning import (build_cnn, changed_parameters, fine_tune, load_sweep, parameter_count,
-                                     parameter_table, per_class, stratified_indices, subset)
+                                     reuse_table, per_class, stratified_indices, subset)
 from vit_inspect.position_embeddings import resample_pos_embed
 from vit_inspect.training import ViTSpec, build_vit, load_dataset, untrained_like
 
@@ -126,7 +126,7 @@ def test_fine_tune_refuses_a_bad_mode_and_labels(digits_vit):
 
 
 def test_parameter_table_on_vit_tiny(tiny):
-    table = parameter_table(tiny, 7)
+    table = reuse_table(tiny, 7)
     D = tiny.embed_dim
     assert table["head"] == {"parameters": D * 7 + 7, "kept": 0, "replaced": D * 7 + 7,
                              "trained (probe)": D * 7 + 7, "trained (full)": D * 7 + 7}
@@ -218,3 +218,13 @@ def test_finetune_digits_probe_writes_a_loadable_file(tmp_path, capsys):
     assert provenance.trained and changed["head.weight"] and len(changed) > 50
     assert not any(c for name, c in changed.items() if not name.startswith("head")), "probe changed the backbone"
     assert "20 training images (2 per class, 10 classes), 360 held out; probe for 1 epochs" in capsys.readouterr().out
+
+
+def test_compare_modes_on_a_folder_with_vit_tiny(tiny, class_folders):
+    """Notebook 11's pretrained ViT-B/16 cell (network only) runs this path: here on a folder, untrained ViT-Tiny."""
+    data = load_dataset(class_folders, img_size=224)
+    accuracies = fine_tuning.compare_modes(tiny, data, per_class_count=2, epochs=1)
+    assert list(accuracies) == ["linear probe", "full fine-tune"]
+    assert all(0 <= float(a) <= 1 and a.ndim == 0 for a in accuracies.values())
+    resized = fine_tuning.resize_pixels(data.test_images[:, :, :32, :32], 224)  # (3, 3, 224, 224)
+    assert resized.shape == (3, 3, 224, 224) and resized.dtype == torch.uint8

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import VitInspectError
@@ -38,7 +39,7 @@ from .position_embeddings import model_at_resolution
 from .training import (ABLATION_RECIPE, DATA_CONFIG, TrainConfig, TrainingData, ViTSpec, build_vit, evaluate,
                        linear_baseline, load_dataset, train_vit)
 
-MODES = ("probe", "full")
+FINE_TUNE_MODES = ("probe", "full")
 SHIPPED_SWEEPS = {"data_hunger": "data_hunger_digits.json", "transfer": "transfer_digits.json"}
 
 # ---------------------------------------------------------------- the recipe on any timm ViT
@@ -64,8 +65,8 @@ def fine_tune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, m
     History: per-epoch (E,) tensors of ``train_vit``; the "test_*" ones on ``held_out``
     (images, labels) when given, else left out. ``model`` is not changed.
     """
-    if mode not in MODES:
-        raise VitInspectError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in FINE_TUNE_MODES:
+        raise VitInspectError(f"mode must be one of {', '.join(FINE_TUNE_MODES)}, got {mode!r}")
     tuned = prepared_copy(model, images.shape[-1], num_classes_of(labels) if reset_head else None)
     set_trainable(tuned, mode)
     test = held_out if held_out is not None else (images[:1], labels[:1])  # train_vit tests each epoch: 1 image
@@ -134,7 +135,7 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(model.get_classifier().parameters())
 
 
-def parameter_table(model: nn.Module, num_classes: int) -> dict[str, dict[str, int]]:
+def reuse_table(model: nn.Module, num_classes: int) -> dict[str, dict[str, int]]:
     """Per part of a timm ViT given a fresh ``num_classes`` head: its parameter count and what happens to it.
 
     Rows: "patch embedding E", "class token", "position embedding", "blocks (q/k/v, MLPs, norms)",
@@ -152,7 +153,7 @@ def parameter_table(model: nn.Module, num_classes: int) -> dict[str, dict[str, i
 
 
 def _parts(model: nn.Module) -> dict[str, list[str]]:
-    """Parameter names of a timm ViT grouped into the parts of :func:`parameter_table`."""
+    """Parameter names of a timm ViT grouped into the parts of :func:`reuse_table`."""
     prefixes = {"patch embedding E": "patch_embed.", "class token": "cls_token", "position embedding": "pos_embed",
                 "blocks (q/k/v, MLPs, norms)": "blocks.", "final norm": "norm.", "head": "head."}
     names = [name for name, _ in model.named_parameters()]
@@ -200,6 +201,25 @@ def save_fine_tuned(model: nn.Module, path: str | os.PathLike, data: TrainingDat
     return ordinary_permissions(Path(path))
 
 
+def resize_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 crops (n, 3, S, S) -> (n, 3, size, size) uint8, bilinear (e.g. 32 px CIFAR-10 for a 224 px ViT)."""
+    resized = F.interpolate(pixels.float(), size=(size, size), mode="bilinear", align_corners=False)  # (n, 3, s, s)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def compare_modes(model: nn.Module, data: TrainingData, per_class_count: int | None, epochs: int,
+                  seed: int = 0, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Linear probe and full fine-tune of ``model`` on ``per_class_count`` images per class of ``data``.
+
+    Returns {"linear probe", "full fine-tune"}: test accuracy (0-dim) on ``data``'s test set.
+    """
+    chosen = per_class(data.train_labels, per_class_count, seed)  # (m,)
+    images, labels = data.train_images[chosen], data.train_labels[chosen]
+    return {name: evaluate(fine_tune(model, images, labels, mode=mode, epochs=epochs, seed=seed,
+                                     progress=progress).model, data.test_images, data.test_labels)["test_accuracy"]
+            for name, mode in (("linear probe", "probe"), ("full fine-tune", "full"))}
+
+
 # ---------------------------------------------------------------- a small CNN, the control
 
 
@@ -227,6 +247,7 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))  # (B, C, s, s) -> (B, C) -> (B, K)
 
     def no_weight_decay(self) -> set[str]:
+        """train_vit's optimiser asks every model; biases and norms are 1-D and skipped anyway."""
         return set()
 
 
@@ -238,6 +259,7 @@ def build_cnn(num_classes: int = 10, seed: int = 0) -> SmallCNN:
 
 
 def parameter_count(model: nn.Module) -> int:
+    """All parameters of ``model``, trainable or not."""
     return sum(p.numel() for p in model.parameters())
 
 
