@@ -36,3 +36,18 @@ def test_many_image_figure_takes_turns_batch_by_batch_and_sums_each_pass():
                      ("b", 1), ("a", 1), ("a", 2), ("b", 2), ("b", 3), ("a", 3)]
     assert {name: len(seconds) for name, seconds in times.items()} == {"a": 2, "b": 2}
     assert all(seconds > 0 for per_pass in times.values() for seconds in per_pass)
+
+
+def test_bench_training_step_compares_train_vit_with_a_plain_loop_that_learns(capsys):
+    import torch
+
+    from vit_inspect.bench import bench_training, plain_training_epoch
+    from vit_inspect.training import build_vit
+    bench_training(rounds=1, num_images=64, batch=32)
+    out = capsys.readouterr().out
+    assert "train_vit images/s / plain loop images/s" in out and out.count("images/s (median)") == 2
+    model, images = build_vit(), torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)  # (n, 3, S, S)
+    labels = torch.arange(32) % 10
+    before = model.head.weight.detach().clone()
+    plain_training_epoch(model, images, labels, batch=16)
+    assert not torch.equal(before, model.head.weight), "the plain loop takes optimiser steps"

@@ -265,7 +265,7 @@ def parameter_count(model: nn.Module) -> int:
 
 # ---------------------------------------------------------------- data hunger
 
-FRACTIONS = (0.05, 0.1, 0.25, 1.0)
+FRACTIONS = (0.05, 0.25, 1.0)
 SWEEP_SEEDS = (0, 1, 2)
 MIN_EPOCH_IMAGES = 540  # a small subset is repeated within an epoch up to this many images (more steps)
 
@@ -330,7 +330,7 @@ def data_hunger(data: TrainingData, fractions=FRACTIONS, seeds=SWEEP_SEEDS, log=
                 rows.setdefault(name, []).append(value)
     table = {name: torch.stack(values).reshape(len(fractions), len(seeds)) for name, values in rows.items()}
     sizes = [len(stratified_indices(data.train_labels, f, 0)) for f in fractions]
-    return {**table, "fractions": torch.tensor(fractions), "train_images": torch.tensor(sizes)}
+    return {**table, "fractions": torch.tensor(fractions, dtype=torch.float64), "train_images": torch.tensor(sizes)}
 
 
 # ---------------------------------------------------------------- transfer: pretrain on 0-4, learn 5-9
