@@ -37,7 +37,8 @@ from .errors import VitInspectError
 from .images import data_dir
 from .position_embeddings import model_at_resolution
 from .training import (ABLATION_RECIPE, DATA_CONFIG, TrainConfig, TrainingData, ViTSpec, build_vit, evaluate,
-                       linear_baseline, load_dataset, train_vit)
+                       linear_baseline, load_dataset, save_trained, train_vit)
+from .weights import ordinary_permissions
 
 FINE_TUNE_MODES = ("probe", "full")
 SHIPPED_SWEEPS = {"data_hunger": "data_hunger_digits.json", "transfer": "transfer_digits.json"}
@@ -188,9 +189,6 @@ def save_fine_tuned(model: nn.Module, path: str | os.PathLike, data: TrainingDat
     Any other timm ViT: its state dict, with the classes and the mode in the header.
     """
     from safetensors.torch import save_file
-
-    from .training import TrainConfig, save_trained
-    from .weights import ordinary_permissions
 
     if "vit_inspect_spec" in (getattr(model, "pretrained_cfg", None) or {}):
         return save_trained(model, path, data, dataclasses.replace(TrainConfig(), epochs=0), accuracy)
