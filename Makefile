@@ -41,9 +41,11 @@ notebooks: $(STAMP)
 
 ## make train: train the small ViT on the bundled digits (seeded, CPU, a minute or two) into $(TRAIN_OUT),
 ## and the ablation table (a few minutes more) into $(ABLATIONS_OUT);
-## and print how far its test accuracy is from the shipped data/vit_digits.safetensors
+## and print how far its test accuracy is from the shipped data/vit_digits.safetensors;
+## then notebook 11's data-hunger and transfer sweeps (about 10 minutes more on one idle core) into trained/
 train: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m vit_inspect train --dataset digits --out $(TRAIN_OUT) --ablations $(ABLATIONS_OUT) --force
+	HF_HUB_OFFLINE=1 $(PY) -m vit_inspect.fine_tuning $(dir $(TRAIN_OUT)) --force
 
 ## make slides / make html: the notebooks, executed, as reveal.js slides or web pages with an index.
 ## Self-contained: reveal.js, require.js, jQuery and MathJax are copied from installed packages into

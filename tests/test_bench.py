@@ -46,3 +46,18 @@ def test_bench_explorer_times_two_views_side_by_side_without_forward_passes(tiny
     out = capsys.readouterr().out
     for label in ("two images, one head", "two images, all heads", "two layers, one head", "two layers, all heads"):
         assert f"redraw, {label}" in out, out
+
+
+def test_bench_training_step_compares_train_vit_with_a_plain_loop_that_learns(capsys):
+    import torch
+
+    from vit_inspect.bench import bench_training, plain_training_epoch
+    from vit_inspect.training import build_vit
+    bench_training(rounds=1, num_images=64, batch=32)
+    out = capsys.readouterr().out
+    assert "train_vit images/s / plain loop images/s" in out and out.count("images/s (median)") == 2
+    model, images = build_vit(), torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)  # (n, 3, S, S)
+    labels = torch.arange(32) % 10
+    before = model.head.weight.detach().clone()
+    plain_training_epoch(model, images, labels, batch=16)
+    assert not torch.equal(before, model.head.weight), "the plain loop takes optimiser steps"

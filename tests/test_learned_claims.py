@@ -20,9 +20,9 @@ import torch
 
 from sklearn.manifold import TSNE
 
-from vit_inspect import (TrainConfig, accuracy, capture, class_token_maps, curve_area, deletion_curves,
+from vit_inspect import (TrainConfig, accuracy, capture, class_token_maps, curve_area, deletion_curves, fine_tune,
                          first_block_distance, ink_ratio, load_dataset, load_vit, model_input,
-                         neighbour_similarity_stats, patch_ink, pooled_features, pos_embed_similarity, predict_logits,
+                         neighbour_similarity_stats, patch_ink, per_class, pooled_features, pos_embed_similarity, predict_logits,
                          randomisation_curves, randomised_maps, save_trained, tokens_to_grid, training_metadata,
                          uniform_attention_distance, untrained_like)
 
@@ -116,6 +116,14 @@ def rollout_deletes_faster_than_random(model, images, labels):
     return areas["rollout"] < min(random) - 0.1, areas
 
 
+def linear_probe_reads_the_features(model, data):
+    """Notebook 11: a fresh head on the frozen backbone, from 5 training images per class, reads the digits."""
+    chosen = per_class(data.train_labels, 5, seed=0)  # (50,)
+    probe = fine_tune(model, data.train_images[chosen], data.train_labels[chosen], mode="probe", epochs=64, seed=0)
+    measured = float(accuracy(predict_logits(probe.model, data.test_images), data.test_labels))
+    return measured > 0.8, measured
+
+
 def ink_focus_comes_from_the_weights(maps, ink):
     """Both explanations prefer the ink; re-initialising the blocks (top first) takes the preference away."""
     rollout, attention = (ink_ratio(maps[name], ink).nanmedian(dim=1).values for name in ("rollout", "last-layer attention"))
@@ -155,6 +163,13 @@ def test_rollout_puts_more_mass_on_the_ink_than_on_the_background(models, held_o
 
 def test_deleting_patches_in_rollout_order_drops_the_probability_faster_than_random(models, held_out):
     assert_learned(check(rollout_deletes_faster_than_random, models, *held_out))
+
+
+def test_a_linear_probe_reads_the_trained_features(shipped, models):
+    """Notebook 11's probe claim: a fresh head on frozen trained features learns the digits from 50 images."""
+    _, info = shipped
+    assert_learned(check(linear_probe_reads_the_features, models, load_dataset(info["dataset"],
+                                                                               split_seed=info["split_seed"])))
 
 
 def test_model_randomisation(models, held_out):

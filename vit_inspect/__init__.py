@@ -64,6 +64,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "explanations": ("METHODS", "explain"),
     # the homework's self-check, called by the graded cell after each task cell
     "homework_tasks": ("check_answer",),
+    "fine_tuning": ("FINE_TUNE_MODES", "FRACTIONS", "PER_CLASS", "SWEEP_SEEDS", "FineTuned", "fine_tune", "reuse_table",
+                    "changed_parameters", "head_parameters", "input_size_of", "SmallCNN", "build_cnn", "parameter_count",
+                    "subset", "stratified_indices", "per_class", "classes_part", "epochs_for", "data_hunger_row",
+                    "data_hunger", "pretrain_source", "transfer_row", "transfer", "load_sweep", "spread",
+                    "chosen_training_images", "save_fine_tuned", "compare_modes", "resize_pixels"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

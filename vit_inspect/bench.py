@@ -13,6 +13,7 @@ the amount of arithmetic, hence the speed, does not depend on their values.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import json
@@ -34,6 +35,7 @@ from .explanations import METHODS as EXPLAIN_METHODS
 from .explanations import explain, untouched
 from .model_info import grid_size_of, num_prefix_tokens_of, patch_size_of
 from .recorder import capture, fused_attention
+from .training import ABLATION_RECIPE, TrainingData, build_vit, train_vit
 from .weights import create_untrained
 
 BENCH_MODEL = "vit_base_patch16_224"
@@ -374,6 +376,38 @@ def bench_explanations(model: nn.Module, batch: int, rounds: int) -> None:
         print(ratio_line(f"{method} / {reference}", times[method], times[reference]))
 
 
+# ---------------- training step (notebooks 09 and 11)
+
+
+def plain_training_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int) -> None:
+    """The textbook loop: AdamW, cross-entropy, one pass over uint8 ``images`` (n, 3, S, S) in fixed batches."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+    model.train()
+    for start in range(0, len(labels), batch):
+        x = (images[start:start + batch].float() / 255 - 0.5) / 0.5  # (B, 3, S, S) in [-1, 1]
+        loss = torch.nn.functional.cross_entropy(model(x), labels[start:start + batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def bench_training(rounds: int, num_images: int = 512, batch: int = 64) -> None:
+    """Images/s of ``train_vit`` (one epoch, no augmentation) against the plain loop, same timm model and images."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (num_images, 3, 32, 32), generator=generator, dtype=torch.uint8)  # (n, 3, S, S)
+    labels = torch.randint(0, 10, (num_images,), generator=generator)  # (n,)
+    data = TrainingData("random", images, labels, images[:1], labels[:1], (), "bench", None)  # one test image
+    config = dataclasses.replace(ABLATION_RECIPE, epochs=1, batch_size=batch)
+    ours, plain = build_vit(), build_vit()
+    times = interleaved({"train_vit": lambda: train_vit(ours, data, config, progress=False, device="cpu", threads=None),
+                         "plain loop": lambda: plain_training_epoch(plain, images, labels, batch)}, rounds)
+    print(f"\ntraining step: notebook 09's ViT ({sum(p.numel() for p in ours.parameters()):,} parameters, 32x32), "
+          f"one epoch of {num_images} images in batches of {batch} (target: train_vit >= 0.95x the plain loop's images/s)")
+    for name, seconds in times.items():
+        print(f"  {name:<44} {num_images / statistics.median(seconds):7.0f} images/s (median)")
+    print(ratio_line("train_vit images/s / plain loop images/s", times["plain loop"], times["train_vit"]))
+
+
 def print_header(model_name: str) -> None:
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"vit-inspect benchmark, {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
@@ -386,7 +420,7 @@ def print_header(model_name: str) -> None:
 
 
 SECTIONS = ("capture-batch-1", "capture-batch-N", "analyses", "memory", "explorer", "explorer-two-views",
-            "explanations")
+            "explanations", "training")
 MEMORY_KINDS = ("plain fused", "capture", "AttentionExtract", "streamed analyses", "full-tensor analyses")
 
 
@@ -394,6 +428,9 @@ def run_section(section: str, args: argparse.Namespace) -> None:
     """One section of the benchmark, in this process; ratios within it are side by side."""
     if section == "memory":
         bench_memory(args.batch, args.model)
+        return
+    if section == "training":
+        bench_training(args.pairs)
         return
     model = create_untrained(args.model)
     if section == "capture-batch-1":

@@ -1,4 +1,4 @@
-"""``vit-inspect`` command line: report, distance, download, train, check.
+"""``vit-inspect`` command line: report, distance, download, train, finetune, check.
 
 Every argument is checked, with a message in command-line terms, before torch and timm
 are imported or any weights are built: ``--help`` and argument errors answer at once.
@@ -71,6 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", type=Path, default=None,
                        help="where torchvision's datasets are kept (default: ~/.cache/vit-inspect/datasets)")
     train.set_defaults(run=run_train)
+
+    finetune = commands.add_parser("finetune", help="fine-tune a ViT on a folder of class sub-folders or the digits "
+                                                    "(a fresh head; a linear probe or every parameter)")
+    finetune.add_argument("--dataset", default="digits",
+                          help="digits | PATH of a folder with one sub-folder of images per class (default: digits)")
+    finetune.add_argument("--mode", default="probe", help="probe (only the new head) | full (default: probe)")
+    finetune.add_argument("--labels-per-class", default=None, metavar="K",
+                          help="learn from K training images per class (default: all)")
+    finetune.add_argument("--epochs", default=None, metavar="N", help="passes over the chosen images "
+                          "(default: enough for about 1,600 images, at least 8)")
+    finetune.add_argument("--seed", default="0", metavar="S", help="choice of images, new head, batch order")
+    finetune.add_argument("--model", default=DEFAULT_MODEL, help="timm model name, for --weights other than "
+                          "a file of `vit-inspect train` (default: %(default)s)")
+    finetune.add_argument("--weights", default="digits",
+                          help="digits (the small ViT trained here, default) | pretrained | random | PATH")
+    finetune.add_argument("--out", type=Path, default=None, metavar="FILE.safetensors",
+                          help="where the fine-tuned weights go (default: finetuned_DATASET.safetensors)")
+    finetune.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    finetune.set_defaults(run=run_finetune)
 
     check = commands.add_parser("check", help="run a homework notebook and check each task against the reference")
     check.add_argument("notebook", type=Path, help="the student's .ipynb")
@@ -377,6 +396,48 @@ def _compare_with_shipped(dataset: str, accuracy: float, config) -> None:
     same = "the same recipe" if shipped["train_config"] == asdict(config) else "another recipe"
     print(f"the shipped weights ({same}) have {shipped['test_accuracy']:.2%}: this run is "
           f"{100 * (accuracy - shipped['test_accuracy']):+.1f} points from them")
+
+
+# ---------------------------------------------------------------- finetune
+
+FINE_TUNE_MODES = ("probe", "full")  # fine_tuning.MODES, without importing torch
+
+
+def check_mode(mode: str) -> None:
+    if mode not in FINE_TUNE_MODES:
+        raise VitInspectError(f"--mode {mode}: unknown; use one of {', '.join(FINE_TUNE_MODES)}")
+
+
+def check_finetune_dataset(dataset: str) -> None:
+    """digits, or an existing folder; a one-line error otherwise."""
+    if dataset == "digits" or Path(dataset).is_dir():
+        return
+    where = "is a file, not a folder" if Path(dataset).exists() else "no such folder"
+    raise VitInspectError(f"--dataset {dataset}: not digits, and {where} (expected one sub-folder of images per class)")
+
+
+def run_finetune(args: argparse.Namespace) -> None:
+    check_finetune_dataset(args.dataset)
+    check_mode(args.mode)
+    per_class = parse_count("--labels-per-class", args.labels_per_class, 1)
+    epochs, seed = parse_count("--epochs", args.epochs, 1), parse_count("--seed", args.seed, 0)
+    out = args.out or Path(f"finetuned_{Path(args.dataset).name or 'folder'}.safetensors")
+    check_out_file(out, ".safetensors", "--out", args.force)
+
+    from . import fine_tuning
+    from .weights import load_vit
+
+    model = load_vit(args.model, weights=args.weights).model
+    data, images, labels = fine_tuning.chosen_training_images(args.dataset, model, per_class, seed)
+    epochs = epochs or fine_tuning.epochs_for(len(labels))
+    print(f"{data.name}: {len(labels)} training images ({per_class or 'all'} per class, {len(data.class_names)} "
+          f"classes), {len(data.test_labels)} held out; {args.mode} for {epochs} epochs")
+    tuned = fine_tuning.fine_tune(model, images, labels, mode=args.mode, epochs=epochs, seed=seed,
+                                  held_out=(data.test_images, data.test_labels), progress=True)
+    accuracy = float(tuned.history["test_accuracy"][-1])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fine_tuning.save_fine_tuned(tuned.model, out, data, accuracy, args.mode)
+    print(f"test accuracy {accuracy:.2%} on {len(data.test_labels)} held-out images\nweights written: {out}")
 
 
 # ---------------------------------------------------------------- check

@@ -845,6 +845,36 @@ def figure_bytes(fig: Figure, format: str = "png") -> bytes:
     return image_bytes(Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()), format)
 
 
+# ---------------- 11 fine-tuning
+
+
+def plot_accuracy_with_spread(x: torch.Tensor | np.ndarray, accuracies: dict[str, torch.Tensor], *, xlabel: str,
+                              ax: Axes | None = None, title: str = "", log_x: bool = True,
+                              tick_labels: Sequence[str] | None = None) -> Figure:
+    """Test accuracy against ``x`` (X,), one line per entry of (X, seeds) accuracies: mean, bars min to max.
+
+    Measured tables of runs trained here (no ``trained`` keyword: nothing untrained is drawn).
+    The y axis runs from 0 to 1, so lines and gaps are read on one honest scale.
+    """
+    ax = axes_or_new(ax, size=4.6)
+    positions = _numpy(torch.as_tensor(x)).astype(float)
+    for offset, (name, values) in enumerate(accuracies.items()):
+        table = _numpy(values)
+        mean, low, high = table.mean(axis=1), table.min(axis=1), table.max(axis=1)
+        shifted = positions * (1 + 0.03 * (offset - 1)) if log_x else positions + 0.1 * (offset - 1)
+        ax.errorbar(shifted, mean, yerr=[mean - low, high - mean], fmt="o-", capsize=3, label=f"{name}")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xticks(positions, tick_labels if tick_labels is not None else [f"{p:g}" for p in positions])
+    ax.minorticks_off()
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (mean; bars: min to max over seeds)")
+    ax.legend(loc="lower right")
+    ax.set_title(title)
+    return ax.figure
+
+
 # ---------------- 12 explanations
 
 
