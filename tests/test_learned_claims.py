@@ -25,6 +25,7 @@ from vit_inspect import (TrainConfig, accuracy, capture, class_token_maps, curve
                          neighbour_similarity_stats, patch_ink, per_class, pooled_features, pos_embed_similarity, predict_logits,
                          randomisation_curves, randomised_maps, save_trained, tokens_to_grid, training_metadata,
                          uniform_attention_distance, untrained_like)
+from vit_inspect.explanations import beats, interval, perturbation_areas
 
 RANDOM_SEED = 1  # the random twin; the randomisation check re-initialises with seed 0
 
@@ -185,3 +186,33 @@ def test_model_randomisation(models, held_out):
         "rollout hardly notices the top block, only the destruction of every block"
     # not learned: rollout's blindness to the top block is the residual identity it multiplies in
     assert curves["random, marked trained"]["rollout"][1] > 0.9
+
+
+# ---------------------------------------------------------------- notebook 12: which explanation to trust
+
+
+def chefer_beats_the_ink_and_edge_baselines(model, images, labels):
+    """Notebook 12's claim: with a mean-colour fill, Chefer's order deletes and inserts the evidence better than
+    both model-free orders (brightness, edges), by more than the 95% intervals over the 360 digits."""
+    x = model_input(model, images)
+    table = {m: {k: interval(v) for k, v in perturbation_areas(model, x, labels, m).items()}
+             for m in ("chefer", "brightness", "edges")}
+    holds = beats(table, "chefer", "deletion") and beats(table, "chefer", "insertion")
+    return holds, {m: {k: [round(v, 3) for v in pair.tolist()] for k, pair in row.items()} for m, row in table.items()}
+
+
+def black_fill_favours_the_ink(model, images, labels):
+    """Notebook 12's warning: with a black (background) fill, the model-free ink-first order beats random by far."""
+    x = model_input(model, images)
+    black = torch.full((1, 3, 1, 1), -1.0)  # pixel 0 after (x - 0.5) / 0.5
+    areas = {m: float(perturbation_areas(model, x, labels, m, seeds=(0, 1, 2), fill=black)["deletion"].mean())
+             for m in ("brightness", "random")}
+    return areas["brightness"] < areas["random"] - 0.2, areas
+
+
+def test_chefer_beats_the_ink_and_edge_baselines(models, held_out):
+    assert_learned(check(chefer_beats_the_ink_and_edge_baselines, models, *held_out))
+
+
+def test_black_fill_favours_the_ink(models, held_out):
+    assert_learned(check(black_fill_favours_the_ink, models, *held_out))

@@ -362,10 +362,12 @@ def test_learned_claims_fail_on_random_weights_marked_trained(path, request, mon
     """Every cell with a learned-claim assert must fail, with its message, when random weights pretend to be trained.
 
     Each such cell holds one learned claim, so none hides behind another; every other cell still runs.
-    A notebook that trains its own model gets random weights of that model's architecture.
+    A notebook that trains its own model, or whose claims are about the digits ViT (metadata
+    ``{"vit_inspect": {"claims_on": "digits"}}``, 12), gets random weights of that model's architecture.
     """
     notebook = nbformat.read(path, as_version=4)
-    fixture = "random_digits_weights_marked_trained" if keeps_all_outputs(notebook) else "random_weights_marked_trained"
+    digits = keeps_all_outputs(notebook) or notebook.metadata.get("vit_inspect", {}).get("claims_on") == "digits"
+    fixture = "random_digits_weights_marked_trained" if digits else "random_weights_marked_trained"
     monkeypatch.setenv(WEIGHTS_ENV, str(request.getfixturevalue(fixture)))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     NotebookClient(notebook, timeout=900, kernel_name="python3", allow_errors=True,

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_MODULES = {"patches": "01", "position_embeddings": "02", "attention_by_hand": "03",
                     "encoder_stack": "04", "classification_head": "05", "attention_maps": "06",
                     "from_scratch": "07", "huggingface": "08", "training": "09", "attention_explorer": "10",
-                    "fine_tuning": "11"}
+                    "fine_tuning": "11",
+                    "explanations": "12"}
 INTERNALS = ("to_rgb", "discard_lowest", "fused_attention_flags", "reusable", "split_transform",
              "read_state_dict", "hub_reachable", "augment", "affine_matrices", "crop_transform", "trained_here_path")
 
