@@ -40,6 +40,11 @@ TRAINED_HERE = "trained here"  # notebook.metadata["vit_inspect"]["outputs"]: ev
 def keeps_all_outputs(notebook) -> bool:
     return notebook.metadata.get("vit_inspect", {}).get("outputs") == TRAINED_HERE
 
+
+def claims_on_digits(notebook) -> bool:
+    """09 and 11 train their model here, 12 says so in its metadata: their learned claims are about the digits ViT."""
+    return keeps_all_outputs(notebook) or notebook.metadata.get("vit_inspect", {}).get("claims_on") == "digits"
+
 SETUP_TAG = "colab-setup"  # the Colab setup cell (scripts/colab_setup.py), allowed before the imports cell
 
 
@@ -302,8 +307,8 @@ def pretrained_claim_cells() -> dict[str, list[str]]:
     cells = {}
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
-        if keeps_all_outputs(notebook):
-            continue  # 09 studies the model it trains; test_learned_claims.py checks those claims
+        if claims_on_digits(notebook):
+            continue  # 09, 11, 12 study the digits ViT; test_learned_claims.py checks those claims
         for index, cell in enumerate(notebook.cells):
             if cell.cell_type == "code" and LEARNED_CLAIM in cell.source:
                 cells[f"{path.name} cell {index}"] = CLAIM_ID.findall(cell.source)
@@ -317,7 +322,7 @@ def claims_table() -> dict[str, str]:
 
 
 def test_every_learned_claim_about_the_pretrained_model_is_in_the_claims_table():
-    """Each gated cell of 01-08, 10 names one claim ID; the table has exactly those IDs, each with a source column."""
+    """Each gated cell of the ViT-B/16 notebooks (01-08, 10) names one claim ID; the table has exactly those IDs, each with a source column."""
     cells, table = pretrained_claim_cells(), claims_table()
     assert cells, "the ViT-B/16 notebooks make learned claims"
     for cell, ids in cells.items():
@@ -366,7 +371,7 @@ def test_learned_claims_fail_on_random_weights_marked_trained(path, request, mon
     ``{"vit_inspect": {"claims_on": "digits"}}``, 12), gets random weights of that model's architecture.
     """
     notebook = nbformat.read(path, as_version=4)
-    digits = keeps_all_outputs(notebook) or notebook.metadata.get("vit_inspect", {}).get("claims_on") == "digits"
+    digits = claims_on_digits(notebook)
     fixture = "random_digits_weights_marked_trained" if digits else "random_weights_marked_trained"
     monkeypatch.setenv(WEIGHTS_ENV, str(request.getfixturevalue(fixture)))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
