@@ -1,10 +1,16 @@
 """Shared fixtures: an isolated Hugging Face cache, the one small model, image files of every kind."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from vit_inspect import create_untrained
+from vit_inspect.export import find_chromium
 from vit_inspect.weights import WEIGHTS_ENV
 
 from .image_kinds import write_invalid_images, write_valid_images
@@ -71,3 +77,30 @@ def class_folders(tmp_path_factory):
             grey = Image.fromarray((rng.random((10 + k, 12)) * 60 + index * 80).astype(np.uint8), mode="L")
             (grey.convert("RGBA") if k % 2 else grey).save(root / name / f"{k}.png")
     return root
+
+
+REQUIRE_CHROMIUM = "VIT_INSPECT_REQUIRE_CHROMIUM"  # set by .ci/run: in CI a missing browser is a failure
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless browser's path: a skip on a machine without one, a failure in CI (.ci/run installs it)."""
+    path = find_chromium()
+    if path is None:
+        if os.environ.get(REQUIRE_CHROMIUM):
+            pytest.fail(f"{REQUIRE_CHROMIUM} is set but chromium is not on PATH (apt-get install chromium)")
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium); CI installs it and runs this")
+    return path
+
+
+def cli_error_before_torch(command: str, args: list[str]) -> str:
+    """``vit-inspect COMMAND ARGS`` in a fresh interpreter: exit code 1 before torch is imported; its one error line."""
+    code = ("import sys\nfrom vit_inspect.cli import main\n"
+            f"code = main([{command!r}, *{args!r}])\n"
+            "assert code == 1 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.strip()
+    assert err.startswith("vit-inspect: error:") and "\n" not in err, err
+    return err

@@ -7,7 +7,6 @@ image renders, nothing loads from another host, and the API page lists every pub
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import subprocess
 import sys
@@ -19,13 +18,11 @@ import pytest
 import yaml
 
 import vit_inspect
-from vit_inspect.export import find_chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 WORKFLOW = ROOT / ".github" / "workflows" / "docs.yml"
 README_LIMIT = 10_240  # bytes: a newcomer reads it in two minutes
-REQUIRE_CHROMIUM = "VIT_INSPECT_REQUIRE_CHROMIUM"  # set by .ci/run: in CI a missing browser is a failure
 # paths outside the repository, spelled in two parts so that this file does not name them itself
 OUTSIDE = ("../" + "shared", "LECTURE" + ".md", "/work" + "/")
 
@@ -153,14 +150,6 @@ def test_the_docs_workflow_runs_nbval_on_cached_weights_and_publishes_the_execut
 # ---------------- the site, built and opened in Chromium
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    path = find_chromium()
-    if path is None:
-        if os.environ.get(REQUIRE_CHROMIUM):
-            pytest.fail(f"{REQUIRE_CHROMIUM} is set but chromium is not on PATH (apt-get install chromium)")
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium); CI installs it and runs this")
-    return path
 
 
 @pytest.fixture(scope="module")

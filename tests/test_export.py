@@ -1,7 +1,6 @@
 """Lecture exports: the slide rule, the html/slides folders, and the pages opened in headless Chromium."""
 import base64
 import io
-import os
 import re
 from pathlib import Path
 
@@ -14,22 +13,13 @@ from PIL import Image
 from vit_inspect import export
 from vit_inspect.errors import VitInspectError
 from vit_inspect.export import (LIB, MARKER, Executed, apply_slide_rule, browser_problems, check_in_browser,
-                                check_slides_in_browser, execute_notebook, export_pages, find_chromium,
+                                check_slides_in_browser, execute_notebook, export_pages,
                                 offline_copy, prepare_folder, slide_rule_violations, slide_types, slides_problems)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-REQUIRE_CHROMIUM = "VIT_INSPECT_REQUIRE_CHROMIUM"  # set by .ci/run: in CI a missing browser is a failure
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    path = find_chromium()
-    if path is None:
-        if os.environ.get(REQUIRE_CHROMIUM):
-            pytest.fail(f"{REQUIRE_CHROMIUM} is set but chromium is not on PATH (apt-get install chromium)")
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium); CI installs it and runs this")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import cli_error_before_torch
 from tests.mutation import fails, passes
 from vit_inspect import fine_tuning
 from vit_inspect.cli import main
@@ -184,14 +182,8 @@ def test_shipped_sweeps_have_three_seeds_per_row(name, rows, ways):
     (["--out", "README.md"], ["--out README.md", ".safetensors"]),
 ])
 def test_finetune_argument_errors_are_one_line_before_torch(args, words):
-    code = ("import sys\nfrom vit_inspect.cli import main\n"
-            f"code = main(['finetune', *{args!r}])\n"
-            "assert code == 1 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                            cwd=Path(__file__).resolve().parent.parent)
-    assert result.returncode == 0, result.stderr
-    err = result.stderr.strip()
-    assert err.startswith("vit-inspect: error:") and "\n" not in err and all(w in err for w in words), err
+    err = cli_error_before_torch("finetune", args)
+    assert all(w in err for w in words), err
 
 
 def test_finetune_a_folder_on_vit_tiny_never_overwrites(class_folders, tmp_path, capsys):
